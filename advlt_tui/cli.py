@@ -1,0 +1,339 @@
+"""The ``advlt`` command line: thin typer commands over ``runs`` and ``presets``.
+
+Bare ``advlt`` opens the TUI. Every listing has ``--json``. Bad input is one clear message on
+stderr and exit code 2, with nothing written.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from presets import loader
+from presets.validate import ConfigError
+from runs import launcher
+from runs.catalog import Catalog, CatalogError
+from runs.paths import advlt_home
+
+app = typer.Typer(help="advlt: adversarial robustness under long-tailed data — experiment "
+                       "manager.", invoke_without_command=True, no_args_is_help=False,
+                  context_settings={"help_option_names": ["-h", "--help"]},
+                  pretty_exceptions_enable=False)
+presets_app = typer.Typer(help="List, show, check and import method presets.",
+                          invoke_without_command=True)
+app.add_typer(presets_app, name="presets")
+
+out = Console()
+err = Console(stderr=True)
+
+USER_PRESETS = "presets"
+
+
+def user_preset_dir() -> Path:
+    return advlt_home() / USER_PRESETS
+
+
+def fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def print_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+@app.callback()
+def main_callback(
+    ctx: typer.Context,
+    home: Annotated[Optional[Path], typer.Option("--home", help="catalog and run directories "
+                                                 "(default $ADVLT_HOME or ~/.advlt)")] = None,
+) -> None:
+    if home is not None:
+        import os
+
+        os.environ["ADVLT_HOME"] = str(home.expanduser().resolve())
+    if ctx.invoked_subcommand is None:
+        from advlt_tui.app import run_app
+
+        run_app()
+
+
+def open_catalog() -> Catalog:
+    return Catalog()
+
+
+def resolve_config(preset_name: str, dataset: str, epochs: Optional[int], data_root: Optional[Path],
+                   sets: list[str], parent: Optional[dict], seed: Optional[int]):
+    overrides, problems = loader.parse_overrides(sets)
+    extra: dict = {}
+    if epochs is not None:
+        extra.setdefault("train", {})["epochs"] = epochs
+    if data_root is not None:
+        extra.setdefault("dataset", {})["data_root"] = str(data_root.expanduser().resolve())
+    if seed is not None:
+        extra["seed"] = seed
+    if parent is not None:
+        extra["parent_run"] = parent["run"]
+        extra["parent_checkpoint"] = parent["checkpoint"]
+    preset = loader.get_preset(preset_name, user_preset_dir())
+    if problems:
+        raise ConfigError(problems)
+    return loader.resolve(preset, dataset, overrides, extra)
+
+
+def parent_checkpoint(catalog: Catalog, ref: str) -> dict:
+    run = catalog.get_run(ref)
+    ckpts = catalog.run_checkpoints(run["id"])
+    if not ckpts:
+        fail(f"--from {ref}: run {run['id']} has no checkpoint yet (status {run['status']})")
+    last = ckpts[-1]
+    return {"run": run["id"], "checkpoint": str(Path(run["run_dir"]) / last["path"])}
+
+
+@app.command("run")
+def run_cmd(
+    preset: Annotated[str, typer.Argument(help="preset name (see `advlt presets`)")],
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="cifar10-lt, cifar100-lt or "
+                                         "digits-lt")] = "digits-lt",
+    epochs: Annotated[Optional[int], typer.Option(help="epochs to train")] = None,
+    data_root: Annotated[Optional[Path], typer.Option(help="folder holding the CIFAR archives")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override KEY=VALUE "
+                                                      "(dotted key), repeatable")] = None,
+    from_: Annotated[Optional[str], typer.Option("--from", help="parent run (fine-tune presets)")] = None,
+    gpus: Annotated[Optional[str], typer.Option(help="GPU spec: auto, 0, 0,1 (CUDA_VISIBLE_DEVICES)")] = None,
+    name: Annotated[Optional[str], typer.Option(help="a name for the run")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="random seed")] = None,
+    detach: Annotated[bool, typer.Option("--detach", help="start and return at once")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the run id and final status as JSON")] = False,
+) -> None:
+    """Train a preset; follows the run with a progress bar unless --detach."""
+    catalog = open_catalog()
+    try:
+        parent = parent_checkpoint(catalog, from_) if from_ else None
+        cfg = resolve_config(preset, dataset, epochs, data_root, set_ or [], parent, seed)
+    except ConfigError as exc:
+        fail(exc.render())
+    except CatalogError as exc:
+        fail(str(exc))
+    run = launcher.create_run(catalog, cfg, name=name, gpus=gpus)
+    run_dir = Path(run["run_dir"])
+    info = launcher.spawn(run_dir, launcher.engine_command(run_dir),
+                          cuda_devices=None if gpus in (None, "auto") else gpus)
+    catalog.set_process(run["id"], info["pid"], info["pgid"], info["start_time"])
+    if detach:
+        if as_json:
+            print_json({"id": run["id"], "status": "running", "run_dir": str(run_dir)})
+        else:
+            out.print(f"started run [bold]{run['id']}[/] ({cfg.preset} on {cfg.dataset.name}) — "
+                      f"`advlt logs {run['id']} --follow` to watch")
+        return
+    status = follow(catalog, run["id"], quiet=as_json)
+    final = catalog.get_run(run["id"])
+    if as_json:
+        print_json({"id": run["id"], "status": final["status"], "clean_acc": final["clean_acc"],
+                    "robust_acc": final["robust_acc"], "run_dir": str(run_dir)})
+    else:
+        show_summary(catalog, final)
+    raise typer.Exit(0 if status == "finished" else 1)
+
+
+ENDED = ("finished", "failed", "cancelled", "lost")
+
+
+def follow(catalog: Catalog, run_id: str, quiet: bool = False) -> str:
+    """Ingest the run's events until it ends; a rich progress bar while it trains.
+    Ctrl-C cancels the run cleanly (use --detach to leave it running)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    run_dir = Path(catalog.get_run(run_id)["run_dir"])
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(),
+               TextColumn("{task.completed}/{task.total} ep"), TextColumn("{task.fields[info]}"),
+               TimeRemainingColumn()]
+    with Progress(*columns, console=err, disable=quiet, transient=False) as progress:
+        task = progress.add_task(run_id, total=None, info="starting…")
+        try:
+            while True:
+                catalog.ingest(run_id)
+                run = catalog.get_run(run_id)
+                if run["epochs"]:
+                    progress.update(task, total=run["epochs"] - (run.get("start_epoch") or 0))
+                done = (run["epoch"] or 0) - (run.get("start_epoch") or 0)
+                info = f"clean {fmt(run['clean_acc'])} robust {fmt(run['robust_acc'])}"
+                progress.update(task, completed=max(done, 0), info=info)
+                if run["status"] in ENDED:
+                    return run["status"]
+                if not launcher.is_running(run_dir):
+                    time.sleep(0.3)  # let the last events land, then decide
+                    catalog.ingest(run_id)
+                    run = catalog.get_run(run_id)
+                    if run["status"] not in ENDED:
+                        catalog.set_status(run_id, "lost", "engine exited without a final event; "
+                                           f"see {run_dir / 'engine.log'}")
+                    return catalog.get_run(run_id)["status"]
+                time.sleep(0.25)
+        except KeyboardInterrupt:
+            progress.update(task, info="cancelling…")
+            launcher.terminate(run_dir)
+            catalog.ingest(run_id)
+            if catalog.get_run(run_id)["status"] not in ENDED:
+                catalog.set_status(run_id, "cancelled", "cancelled from the terminal")
+            return "cancelled"
+
+
+def fmt(value: Optional[float]) -> str:
+    return "—" if value is None else f"{100 * value:.1f}%"
+
+
+def show_summary(catalog: Catalog, run: dict) -> None:
+    from advlt_tui.render import per_class_table
+
+    out.print(f"run [bold]{run['id']}[/] {run['preset']} on {run['dataset']}: "
+              f"[bold]{run['status']}[/] — clean {fmt(run['clean_acc'])}, "
+              f"robust {fmt(run['robust_acc'])}")
+    if run.get("message"):
+        out.print(run["message"])
+    epochs = [e for e in catalog.run_epochs(run["id"]) if e.get("per_class_clean")]
+    counts = catalog.run_counts(run["id"]) or {}
+    if epochs and counts.get("counts"):
+        last = epochs[-1]
+        out.print(per_class_table(counts["counts"], last["per_class_clean"],
+                                  last["per_class_robust"], counts.get("class_names"),
+                                  title=f"epoch {last['epoch']}: accuracy per class, head → tail "
+                                        f"(robust = PGD-{cfg_steps(run)})"))
+
+
+def cfg_steps(run: dict) -> str:
+    try:
+        cfg = json.loads((Path(run["run_dir"]) / "config.json").read_text())
+        return str(cfg["eval"]["num_steps"])
+    except (OSError, ValueError, KeyError):
+        return "?"
+
+
+@app.command("runs")
+def runs_cmd(
+    status: Annotated[Optional[str], typer.Option(help="only runs with this status")] = None,
+    preset: Annotated[Optional[str], typer.Option(help="only runs of this preset")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """List the runs of the catalog."""
+    from runs.liveness import reconcile
+
+    catalog = open_catalog()
+    catalog.ingest_all()
+    reconcile(catalog)
+    rows = catalog.list_runs(status=status, preset=preset)
+    if as_json:
+        print_json(rows)
+        return
+    from advlt_tui.render import runs_table
+
+    out.print(runs_table(rows))
+
+
+@app.command("show")
+def show_cmd(
+    run: Annotated[str, typer.Argument(help="run id or unique prefix")],
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """A run's config, status, per-epoch metrics, evaluations and per-class tables."""
+    catalog = open_catalog()
+    try:
+        run_id = catalog.resolve(run)
+    except CatalogError as exc:
+        fail(str(exc))
+    catalog.ingest(run_id)
+    row = catalog.get_run(run_id)
+    if as_json:
+        config = json.loads((Path(row["run_dir"]) / "config.json").read_text())
+        print_json({"run": row, "config": config, "epochs": catalog.run_epochs(run_id),
+                    "counts": catalog.run_counts(run_id),
+                    "checkpoints": catalog.run_checkpoints(run_id),
+                    "evaluations": catalog.run_evaluations(run_id)})
+        return
+    show_summary(catalog, row)
+
+
+@presets_app.callback()
+def presets_list(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """List presets (name, kind, summary)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    items = [p.as_listing() for p in loader.list_presets(user_preset_dir())]
+    if as_json:
+        print_json(items)
+        return
+    from rich.table import Table
+
+    table = Table(title="presets", header_style="bold")
+    for col in ("name", "kind", "title", "summary"):
+        table.add_column(col)
+    for p in items:
+        table.add_row(p["name"], p["kind"], p["title"], p["summary"])
+    out.print(table)
+
+
+@presets_app.command("show")
+def presets_show(
+    name: Annotated[str, typer.Argument(help="preset name")],
+    dataset: Annotated[Optional[str], typer.Option(help="only this dataset")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """A preset's resolved values, per dataset."""
+    from presets.schema import DATASETS
+
+    try:
+        preset = loader.get_preset(name, user_preset_dir())
+        datasets = [dataset] if dataset else list(DATASETS)
+        resolved = {}
+        for ds in datasets:
+            extra = {"parent_checkpoint": "<parent>"} if preset.kind == "finetune" else None
+            resolved[ds] = loader.resolve(preset, ds, extra=extra).to_dict()
+    except ConfigError as exc:
+        fail(exc.render())
+    if as_json:
+        print_json({"preset": preset.as_listing(), "resolved": resolved})
+        return
+    out.print(f"[bold]{preset.name}[/] — {preset.title} ({preset.kind})\n{preset.summary}")
+    for ds, cfg in resolved.items():
+        out.rule(ds)
+        out.print_json(json.dumps(cfg))
+
+
+@presets_app.command("check")
+def presets_check(path: Annotated[Path, typer.Argument(help="preset TOML file")]) -> None:
+    """Validate a preset file; exit 2 with every problem listed."""
+    from presets.schema import DATASETS
+
+    try:
+        preset = loader.parse_preset(path)
+        for ds in DATASETS:
+            extra = {"parent_checkpoint": "<parent>"} if preset.kind == "finetune" else None
+            loader.resolve(preset, ds, extra=extra)
+    except ConfigError as exc:
+        fail(exc.render())
+    out.print(f"{path}: ok ({preset.name}, {preset.kind})")
+
+
+@app.command("tui")
+def tui_cmd() -> None:
+    """Open the TUI (same as bare `advlt` and `advlt-tui`)."""
+    from advlt_tui.app import run_app
+
+    run_app()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

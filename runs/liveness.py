@@ -1,0 +1,120 @@
+"""Is a run's engine still alive? pid *and* process start time, never the pid alone.
+
+Pids are recycled: after a reboot or a long time, a dead engine's pid may belong to some other
+process. The kernel's start time of the process (``/proc/<pid>/stat`` field 22, in clock ticks
+since boot) recorded at launch in ``engine.pid`` tells the two apart. A zombie (exited, not yet
+reaped by its parent) counts as dead: it will never write another event.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from runs.catalog import Catalog
+
+_DEAD_STATES = ("Z", "X", "x")  # zombie, dead
+
+
+def parse_stat(text: str) -> tuple[str, int]:
+    """``/proc/<pid>/stat`` text → (state, starttime).
+
+    Field 2 is the command name in parentheses and may itself contain spaces and ')' (a process
+    can name itself anything), so split after the *last* ')': the rest are fields 3, 4, ...
+    """
+    rest = text[text.rindex(")") + 1 :].split()
+    return rest[0], int(rest[22 - 3])
+
+
+def _stat(pid: int) -> tuple[str, int] | None:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
+            return parse_stat(f.read())
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _has_proc() -> bool:
+    return os.path.isdir("/proc/self")
+
+
+def process_start_time(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot, or None if there is no such process
+    (or no ``/proc`` on this system)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return None
+    stat = _stat(pid)
+    return None if stat is None else stat[1]
+
+
+def pid_exists(pid: int) -> bool:
+    """Whether a live (non-zombie) process ``pid`` exists; works without ``/proc`` too. Only a
+    ``False`` means something on its own: see ``is_alive``."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    if _has_proc():
+        stat = _stat(pid)
+        return stat is not None and stat[0] not in _DEAD_STATES
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def is_alive(pid: int | None, start_time: int | None) -> bool:
+    """True only if ``pid`` runs, is not a zombie, and started at ``start_time``."""
+    if pid is None or start_time is None or not isinstance(pid, int) or pid <= 0:
+        return False
+    stat = _stat(pid)
+    return stat is not None and stat[0] not in _DEAD_STATES and stat[1] == start_time
+
+
+@dataclass(frozen=True)
+class StatusChange:
+    run_id: str
+    old: str
+    new: str
+    reason: str
+
+
+def engine_gone(run: dict) -> bool | None:
+    """Whether the engine of a catalog row is provably gone; None when this host cannot tell
+    (another host's pid, or no pid recorded yet)."""
+    host = run.get("host")
+    if host and host != socket.gethostname():
+        return None
+    pid = run.get("pid")
+    if pid is None:
+        return None
+    if run.get("proc_start") is not None and _has_proc():
+        return not is_alive(pid, run["proc_start"])
+    # No start time recorded (or no /proc): a vanished pid proves death, a present one proves
+    # nothing, so only the first case counts.
+    return False if pid_exists(pid) else True
+
+
+def reconcile(catalog: "Catalog") -> list[StatusChange]:
+    """Mark ``running`` runs whose engine is gone without a final event as ``lost``.
+
+    The engine writes its final event before it exits, so after seeing it gone we ingest once
+    more: a run that finished between our last ingest and now becomes ``finished``, not lost.
+    Queued runs have no engine yet and are left alone.
+    """
+    changes = []
+    for run in catalog.list_runs(status="running"):
+        if not engine_gone(run):
+            continue
+        catalog.ingest(run["id"])
+        now = catalog.get_run(run["id"])["status"]
+        if now == "running":
+            reason = f"engine process {run['pid']} is gone without a finished/failed event"
+            catalog.set_status(run["id"], "lost", reason)
+            changes.append(StatusChange(run["id"], "running", "lost", reason))
+        elif now != run["status"]:
+            changes.append(StatusChange(run["id"], run["status"], now, "final events ingested"))
+    return changes

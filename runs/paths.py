@@ -1,0 +1,85 @@
+"""Where advlt keeps its catalog and run directories, and how files there are written.
+
+``ADVLT_HOME`` (default ``~/.advlt``) holds ``catalog.db`` and ``runs/<run_id>/``. Tests point
+``ADVLT_HOME`` at a temporary directory so they never touch a real home.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+CATALOG_FILE = "catalog.db"
+RUNS_FOLDER = "runs"
+
+
+def advlt_home() -> Path:
+    """``$ADVLT_HOME`` if set (and non-empty), else ``~/.advlt``."""
+    env = os.environ.get("ADVLT_HOME")
+    return Path(env).expanduser() if env else Path.home() / ".advlt"
+
+
+def runs_dir(home: Path | None = None) -> Path:
+    return (home or advlt_home()) / RUNS_FOLDER
+
+
+def catalog_path(home: Path | None = None) -> Path:
+    return (home or advlt_home()) / CATALOG_FILE
+
+
+def run_dir(run_id: str, home: Path | None = None) -> Path:
+    return runs_dir(home) / run_id
+
+
+def new_run_id(now: float | None = None) -> str:
+    """``YYMMDD-HHMMSS-xxxx``: UTC so ids sort by creation time across DST changes and time
+    zones (runs may be created on several Slurm nodes), plus 4 random hex digits so two runs
+    created in the same second do not collide."""
+    stamp = time.strftime("%y%m%d-%H%M%S", time.gmtime(time.time() if now is None else now))
+    return f"{stamp}-{secrets.token_hex(2)}"
+
+
+def atomic_write_text(path: Path | str, text: str) -> None:
+    """Write ``text`` so readers see either the old file or the whole new one, never a part.
+
+    Temp file in the same directory (``os.replace`` is only atomic within one filesystem),
+    fsync before the rename (else a crash can leave an empty file under the final name), and
+    fsync of the directory so the rename itself survives a crash.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_json(path: Path | str, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some platforms cannot open directories; the rename is still done
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -3,9 +3,14 @@
 Every line carries ``v`` (protocol version), ``run``, ``seq``, ``time`` and ``type``. Each line
 is written with a single ``os.write`` on an O_APPEND descriptor, so a killed engine leaves at
 most one partial trailing line, which readers ignore; the line is the unit of atomicity.
+
+Several processes may write one run's stream (training, and an evaluation of one of its
+checkpoints): an exclusive ``flock`` around "find the last seq, append" keeps ``seq`` strictly
+increasing across writers.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
@@ -18,19 +23,27 @@ EVENT_VERSION = 1
 
 
 def _last_seq(path: Path) -> int:
-    """The seq of the last complete line (-1 if none); used to continue after a resume."""
-    if not path.exists():
+    """The largest seq among the last complete lines of the file (-1 if none)."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
         return -1
-    last = -1
+    window = 1 << 16
     with open(path, "rb") as fh:
-        for raw in fh:
-            if not raw.endswith(b"\n"):
-                break
-            try:
-                last = max(last, int(json.loads(raw)["seq"]))
-            except (ValueError, KeyError, TypeError):
-                continue
-    return last
+        while True:
+            start = max(0, size - window)
+            fh.seek(start)
+            lines = fh.read(size - start).split(b"\n")
+            if start > 0:
+                lines = lines[1:]  # the first piece may be a partial line
+            for raw in reversed(lines):
+                try:
+                    return int(json.loads(raw)["seq"])
+                except (ValueError, KeyError, TypeError):
+                    continue
+            if start == 0:
+                return -1
+            window *= 4
 
 
 def _clean(value: Any) -> Any:
@@ -49,12 +62,8 @@ class EventWriter:
         self.path = Path(path)
         self.run_id = run_id
         self.mirror = mirror
-        self.seq = _last_seq(self.path) + 1
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        # A crash may have left a partial line: end it so the next event starts a fresh line
-        # (readers skip the broken one).
-        if self.path.stat().st_size and not self._ends_with_newline():
-            os.write(self._fd, b"\n")
+        self._size = -1  # file size after our last write; another writer changes it
 
     def _ends_with_newline(self) -> bool:
         with open(self.path, "rb") as fh:
@@ -62,11 +71,23 @@ class EventWriter:
             return fh.read(1) == b"\n"
 
     def emit(self, type_: str, **data: Any) -> dict:
-        event = {"v": EVENT_VERSION, "run": self.run_id, "seq": self.seq, "time": time.time(),
-                 "type": type_, **_clean(data)}
-        line = (json.dumps(event, separators=(",", ":")) + "\n").encode()
-        os.write(self._fd, line)
-        self.seq += 1
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            size = os.fstat(self._fd).st_size
+            if size != self._size:  # first write, or someone else wrote since
+                self.seq = _last_seq(self.path) + 1
+                if size and not self._ends_with_newline():
+                    # A killed writer left a partial line: end it so ours starts a fresh one
+                    # (readers skip the broken line).
+                    os.write(self._fd, b"\n")
+            event = {"v": EVENT_VERSION, "run": self.run_id, "seq": self.seq,
+                     "time": time.time(), "type": type_, **_clean(data)}
+            line = (json.dumps(event, separators=(",", ":")) + "\n").encode()
+            os.write(self._fd, line)
+            self._size = os.fstat(self._fd).st_size
+            self.seq += 1
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
         if self.mirror:
             sys.stdout.write(line.decode())
             sys.stdout.flush()

@@ -180,7 +180,7 @@ class Deferred:
 
     @staticmethod
     def _sub(deffer: dict, key: str, flat: dict) -> Optional[dict]:
-        if not deffer.get(key):
+        if deffer.get(key) in (None, False):  # an empty dict enables it with the defaults
             return None
         sub = deffer[key] if isinstance(deffer[key], dict) else {}
         opt = {**flat, **sub}

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from engine import attacks
-from engine.losses import dm_margins, drw_weights
+from engine.losses import dm_margins, drw_weights, subtract_target_margin
 from engine.registry import Registry
 from presets.schema import ROBAL_FORWARDS, AttackConfig
 
@@ -85,6 +85,7 @@ class TrainMode:
 
     defaults: dict[str, Any] = {}  # the mode's options and their defaults
     aliases: dict[str, str] = {}  # reference spellings of option names
+    supports_deffer = False  # deferred re-weighting / margins (pgd_at only)
 
     def __init__(
         self,
@@ -107,6 +108,8 @@ class TrainMode:
         self.robal_forwards = robal_forwards
         self.generator = generator
         self.opt = self._parse_opt(dict(mode_opt or {}))
+        if deffer and not self.supports_deffer:
+            raise ValueError("deffer (DRW/DM, METHODS.md §4.3) applies to train mode pgd_at only")
         self.deffer = deffer
 
     def _parse_opt(self, mode_opt: dict) -> dict[str, Any]:
@@ -171,11 +174,21 @@ class Deferred:
     (0, 0.5)). Values depend only on the epoch and are cached per (epoch, device).
     """
 
+    option_keys = ("epoch_divides", "epoch_devides", "betas", "DRW_betas", "maxs", "DM_maxs")
+
     def __init__(self, deffer: dict, class_counts: list[int]) -> None:
+        subs = [v for k, v in deffer.items() if k in ("DRW", "DM") and isinstance(v, dict)]
+        keys = [k for d in (deffer, *subs) for k in d if k not in ("DRW", "DM")]
+        unknown = sorted({k for k in keys if k not in self.option_keys})
+        if unknown:
+            raise ValueError(f"unknown deffer option(s) {unknown}; allowed: DRW, DM, "
+                             + ", ".join(self.option_keys))
         flat = {k: v for k, v in deffer.items() if k not in ("DRW", "DM")}
         self.counts = list(class_counts)
         self.drw = self._sub(deffer, "DRW", flat)
         self.dm = self._sub(deffer, "DM", flat)
+        if self.drw is None and self.dm is None:
+            raise ValueError("deffer enables neither DRW nor DM")
         self._cache: dict[tuple, Tensor] = {}
 
     @staticmethod
@@ -212,13 +225,14 @@ class Deferred:
         margins = self._cached(
             "dm", epoch, logits.device, lambda: dm_margins(self.counts, epoch, o["epoch_divides"], o["maxs"])
         )
-        onehot = F.one_hot(y, logits.shape[1]).to(logits.dtype)
-        return logits - onehot * margins.to(logits.dtype)
+        return subtract_target_margin(logits, y, margins)
 
 
 @TRAIN_MODES.register("pgd_at")
 class PGDATMode(TrainMode):
     """Madry PGD-AT: PGD on **plain CE** regardless of the loss config; outer loss on ``x_adv``."""
+
+    supports_deffer = True
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -341,10 +355,11 @@ class AddRegMode(TrainMode):
     * ``"efficient"`` — two forwards (``x_adv``, then ``x``) reused for all three terms. Not a
       concatenated batch: that would change BN batch statistics. A train-mode forward normalises
       with the batch's own statistics, so repeating a forward with unchanged weights gives the
-      same logits: the loss and its gradient equal the reference's up to float rounding. What
-      differs is state: BN running statistics get two updates (adv, nat) instead of four (adv,
-      nat, nat, adv), and CosPlus/TDESim moving averages two instead of four, which changes later
-      eval-mode behaviour (training attacks, evaluation) slightly.
+      same logits (no dropout in these models): the loss and its gradient equal the
+      reference's up to float rounding. What differs is state: BN running statistics get two
+      updates (adv, nat) instead of four (adv, nat, nat, adv), and CosPlus/TDESim moving averages
+      two instead of four, which changes later eval-mode behaviour (training attacks,
+      evaluation) slightly.
     """
 
     defaults = {"beta_adv": 1.0, "beta_nat": 0.0, "beta_reg": 0.0, "reg": "none"}
@@ -395,10 +410,11 @@ class AVmixMode(TrainMode):
         x_mix = torch.clamp(a * x + (1 - a) * x_vertex, 0.0, 1.0)
         logits = self.model(x_mix)
         num_classes = logits.shape[1]
-        alpha = alpha.to(logits.dtype).unsqueeze(1)
+        # Soft targets and log-probabilities in float32 even under bf16 autocast.
+        alpha = alpha.float().unsqueeze(1)
         on = alpha * self.lambda1 + (1 - alpha) * self.lambda2
         off = (alpha * (1 - self.lambda1) + (1 - alpha) * (1 - self.lambda2)) / (num_classes - 1)
-        onehot = F.one_hot(y, num_classes).to(logits.dtype)
+        onehot = F.one_hot(y, num_classes).float()
         target = onehot * on + (1 - onehot) * off
-        loss = -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+        loss = -(target * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
         return StepOutput(loss, logits.detach(), None)

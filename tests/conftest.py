@@ -7,6 +7,11 @@ from pathlib import Path
 
 import pytest
 
+# Tiny models on 2 shared cores: intra-op threads only add contention (10-30× slower under
+# load). Set before torch is first imported so every in-process test and subprocess inherits it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("ADVLT_CPU_THREADS", "1")
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -282,3 +282,12 @@ def test_registered_dataset_names_match_schema():
     assert ds.DATASETS.names() == sorted(DATASETS)
     with pytest.raises(KeyError, match="unknown dataset"):
         load_dataset("mnist-lt", 0.1, None, False)
+
+
+def test_default_data_root_follows_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv("ADVLT_DATA_ROOT", raising=False)
+    monkeypatch.setenv("ADVLT_HOME", str(tmp_path / "home"))
+    assert ds.default_data_root() == tmp_path / "home" / "data"
+    monkeypatch.setenv("ADVLT_DATA_ROOT", str(tmp_path / "cifar"))
+    with pytest.raises(DatasetNotFound, match=str(tmp_path / "cifar")):
+        load_dataset("cifar10-lt", 0.02, None, download=False)

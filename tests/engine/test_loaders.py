@@ -33,7 +33,7 @@ def _all_views(images: torch.Tensor, pad: int, flip: bool) -> tuple[torch.Tensor
 
 def _match(batch_u8: torch.Tensor, views: torch.Tensor, keys: list) -> list[tuple[int, int, int, bool]]:
     dist = torch.cdist(
-        batch_u8.flatten(1).double(), views.flatten(1).double(), compute_mode="donot_use_mm_for_euclid_dist"
+        batch_u8.flatten(1).double(), views.flatten(1).to(torch.float64), compute_mode="donot_use_mm_for_euclid_dist"
     )
     best, where = dist.min(1)
     assert bool((best == 0).all()), "an augmented image is not a padded crop (or mirror) of any source image"
@@ -47,6 +47,7 @@ def test_crop_flip_batches_are_padded_crops_of_the_right_images(bundle_factory):
     labels = torch.arange(12) % 4
     loader = TrainLoader(bundle_factory(images, labels, 4), 12, None, seed=3, device="cpu", drop_last=False)
     views, keys = _all_views(images, 4, True)
+    views = views.flatten(1).double()
     seen = []
     for _ in range(6):
         for x, y in loader:

@@ -1,7 +1,6 @@
 """Training modes (METHODS.md §4.2, §4.3) on tiny models and data."""
 from __future__ import annotations
 
-import copy
 from contextlib import contextmanager
 
 import pytest
@@ -366,7 +365,17 @@ def test_bad_options_are_errors():
         _mode("plain", _net(), forwards="fast")
     with pytest.raises(KeyError):
         _mode("mixup", _net())
+    with pytest.raises(ValueError, match="pgd_at only"):
+        _mode("trades", _net(), deffer={"DRW": {}})
+    with pytest.raises(ValueError, match="unknown deffer"):
+        _mode("pgd_at", _net(), deffer={"DRW": {"beta": (0, 0.9)}})
+    with pytest.raises(ValueError, match="neither"):
+        _mode("pgd_at", _net(), deffer={"DRW": False})
     # Reference spellings are accepted.
+    flat = _mode("pgd_at", _net(), deffer={"DRW": True, "epoch_devides": (0, 9),
+                                           "DRW_betas": (0, 0.5)})
+    assert flat.deferred.drw == {"epoch_divides": (0, 9), "betas": (0, 0.5), "maxs": (0, 0.5)}
+    assert flat.deferred.dm is None
     assert _mode("add_reg", _net(), {"reg_opt": "ALP"}).reg == "alp"
 
 

@@ -14,11 +14,9 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from presets import loader
 from presets.validate import ConfigError
-from runs import launcher
+from runs import launcher, ops
 from runs.catalog import Catalog, CatalogError
-from runs.paths import advlt_home
 
 app = typer.Typer(help="advlt: adversarial robustness under long-tailed data — experiment "
                        "manager.", invoke_without_command=True, no_args_is_help=False,
@@ -29,9 +27,7 @@ out = Console()
 err = Console(stderr=True)
 
 
-def user_preset_dir() -> Path:
-    """Users add their own presets here (same validation as the built-in ones)."""
-    return advlt_home() / "presets"
+user_preset_dir = ops.user_preset_dir
 
 def fail(message: str, code: int = 2) -> None:
     err.print(f"[bold red]error:[/] {message}", highlight=False)
@@ -62,34 +58,6 @@ def open_catalog() -> Catalog:
     return Catalog()
 
 
-def resolve_config(preset_name: str, dataset: str, epochs: Optional[int], data_root: Optional[Path],
-                   sets: list[str], parent: Optional[dict], seed: Optional[int]):
-    overrides, problems = loader.parse_overrides(sets)
-    extra: dict = {}
-    if epochs is not None:
-        extra.setdefault("train", {})["epochs"] = epochs
-    if data_root is not None:
-        extra.setdefault("dataset", {})["data_root"] = str(data_root.expanduser().resolve())
-    if seed is not None:
-        extra["seed"] = seed
-    if parent is not None:
-        extra["parent_run"] = parent["run"]
-        extra["parent_checkpoint"] = parent["checkpoint"]
-    preset = loader.get_preset(preset_name, user_preset_dir())
-    if problems:
-        raise ConfigError(problems)
-    return loader.resolve(preset, dataset, overrides, extra)
-
-
-def parent_checkpoint(catalog: Catalog, ref: str) -> dict:
-    run = catalog.get_run(ref)
-    ckpts = catalog.run_checkpoints(run["id"])
-    if not ckpts:
-        fail(f"--from {ref}: run {run['id']} has no checkpoint yet (status {run['status']})")
-    last = ckpts[-1]
-    return {"run": run["id"], "checkpoint": str(Path(run["run_dir"]) / last["path"])}
-
-
 @app.command("run")
 def run_cmd(
     preset: Annotated[str, typer.Argument(help="preset name (see `advlt presets`)")],
@@ -109,22 +77,18 @@ def run_cmd(
     """Train a preset; follows the run with a progress bar unless --detach."""
     catalog = open_catalog()
     try:
-        parent = parent_checkpoint(catalog, from_) if from_ else None
-        cfg = resolve_config(preset, dataset, epochs, data_root, set_ or [], parent, seed)
+        run = ops.start_run(catalog, preset, dataset, epochs=epochs, data_root=data_root,
+                            sets=set_ or [], parent_ref=from_, gpus=gpus, name=name, seed=seed)
     except ConfigError as exc:
         fail(exc.render())
     except CatalogError as exc:
         fail(str(exc))
-    run = launcher.create_run(catalog, cfg, name=name, gpus=gpus)
     run_dir = Path(run["run_dir"])
-    info = launcher.spawn(run_dir, launcher.engine_command(run_dir),
-                          cuda_devices=None if gpus in (None, "auto") else gpus)
-    catalog.set_process(run["id"], info["pid"], info["pgid"], info["start_time"])
     if detach:
         if as_json:
             print_json({"id": run["id"], "status": "running", "run_dir": str(run_dir)})
         else:
-            out.print(f"started run [bold]{run['id']}[/] ({cfg.preset} on {cfg.dataset.name}) — "
+            out.print(f"started run [bold]{run['id']}[/] ({run['preset']} on {run['dataset']}) — "
                       f"`advlt logs {run['id']} --follow` to watch")
         return
     status = follow(catalog, run["id"], quiet=as_json)
@@ -137,7 +101,7 @@ def run_cmd(
     raise typer.Exit(0 if status == "finished" else 1)
 
 
-ENDED = ("finished", "failed", "cancelled", "lost")
+ENDED = ops.ENDED
 
 
 def follow(catalog: Catalog, run_id: str, quiet: bool = False) -> str:

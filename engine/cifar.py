@@ -151,8 +151,14 @@ def extract_archive(archive: Path, layout: CifarLayout) -> Path:
     root = archive.parent
     target = root / layout.folder
     with tempfile.TemporaryDirectory(dir=root, prefix=".extract-") as tmp:
-        with tarfile.open(archive, "r:gz") as tar:
-            tar.extractall(tmp, filter="data")
+        try:
+            with tarfile.open(archive, "r:gz") as tar:
+                tar.extractall(tmp, filter="data")
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            raise DatasetNotFound(
+                f"{archive} could not be extracted ({type(exc).__name__}: {exc}); download "
+                f"{layout.url} again and put it in {root}"
+            ) from exc
         unpacked = Path(tmp) / layout.folder
         if not _complete(unpacked, layout):
             missing = [n for n in layout.files if not (unpacked / n).is_file()]

@@ -291,3 +291,10 @@ def test_default_data_root_follows_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("ADVLT_DATA_ROOT", str(tmp_path / "cifar"))
     with pytest.raises(DatasetNotFound, match=str(tmp_path / "cifar")):
         load_dataset("cifar10-lt", 0.02, None, download=False)
+
+
+def test_corrupt_archive_is_one_clear_error(tmp_path):
+    (tmp_path / CIFAR10.archive).write_bytes(b"not a gzip file")
+    with pytest.warns(ChecksumMismatchWarning), pytest.raises(DatasetNotFound, match="could not be extracted") as info:
+        load_dataset("cifar10-lt", 0.02, str(tmp_path), download=False)
+    assert CIFAR10.url in str(info.value)

@@ -57,11 +57,6 @@ def configure_cpu_threads(device: torch.device, backbone: str) -> None:
         torch.set_num_threads(1)
 
 
-def default_data_root() -> str:
-    home = Path(os.environ.get("ADVLT_HOME", "~/.advlt")).expanduser()
-    return str(home / "data")
-
-
 def read_config(run_dir: Path) -> RunConfig:
     return RunConfig.from_dict(json.loads((Path(run_dir) / "config.json").read_text()))
 
@@ -118,7 +113,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         ds = cfg.dataset
-        self.bundle = load_dataset(ds.name, ds.imbalance_ratio, ds.data_root or default_data_root(),
+        self.bundle = load_dataset(ds.name, ds.imbalance_ratio, ds.data_root,
                                    ds.download)
         counts = self.bundle.counts
         channels, size = self.bundle.input_shape[0], self.bundle.input_shape[-1]

@@ -9,7 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 HEAD_OPTIONS: dict[str, dict[str, Any]] = {
-    "fc": {"prior_bias_init": False},
+    # The FC bias is prior-initialised by the engine whenever the outer loss is the plain focal
+    # loss (reference behaviour, §2.3), so there is no option for it.
+    "fc": {},
     "cos": {"scale": 16.0, "bias": False, "norm_eps": 0.0},
     "dot": {},
     "post_norm": {"norm": False, "feature_norm": False, "lws": False, "tau": 0.0, "bias": False,
@@ -54,6 +56,35 @@ CHOICES = {
 
 TABLES = {"head": HEAD_OPTIONS, "loss": LOSS_OPTIONS, "mode": MODE_OPTIONS}
 
+# Allowed ranges of numeric options: (low, high, low inclusive, high inclusive); None = open.
+# By option name for every component, then (kind, component, option) where the same name means
+# different things (CB's β is a probability-like effective-number parameter, TRADES' a weight).
+_POSITIVE = (0.0, None, False, False)
+_NON_NEGATIVE = (0.0, None, True, False)
+_UNIT = (0.0, 1.0, True, True)
+RANGES_BY_NAME = {
+    "scale": _POSITIVE, "s": _POSITIVE, "T": _POSITIVE, "avg_T": _POSITIVE,
+    "tau": _NON_NEGATIVE, "tau_p": _NON_NEGATIVE, "tau_b": _NON_NEGATIVE,
+    "tau_m": _NON_NEGATIVE, "gamma": _NON_NEGATIVE, "alpha": _NON_NEGATIVE, "eta": _NON_NEGATIVE,
+    "m": _NON_NEGATIVE, "max_m": _NON_NEGATIVE, "g": _NON_NEGATIVE, "norm_eps": _NON_NEGATIVE,
+    "beta_adv": _NON_NEGATIVE, "beta_nat": _NON_NEGATIVE, "beta_reg": _NON_NEGATIVE,
+    "beta": _NON_NEGATIVE, "mu": _UNIT,
+}
+RANGES = {("loss", "cb", "beta"): (0.0, 1.0, True, False), ("loss", "cb", "alpha"): _POSITIVE}
+
+
+def _range_problem(value: Any, rule: tuple) -> str | None:
+    low, high, low_in, high_in = rule
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    too_low = low is not None and (value < low or (value == low and not low_in))
+    too_high = high is not None and (value > high or (value == high and not high_in))
+    if not (too_low or too_high):
+        return None
+    left = "[" if low_in else "("
+    right = "]" if high_in else ")"
+    return f"must be in {left}{low}, {'∞' if high is None else high}{right}, got {value!r}"
+
 
 def _type_matches(value: Any, default: Any) -> bool:
     if isinstance(default, bool):
@@ -83,8 +114,32 @@ def check_options(out: list, path: str, kind: str, name: str, options: dict,
         elif (kind, name, key) in CHOICES and value not in CHOICES[(kind, name, key)]:
             allowed = ", ".join(CHOICES[(kind, name, key)])
             out.append(Problem(f"{path}.{key}", f"unknown value {value!r}; allowed: {allowed}"))
+        else:
+            rule = RANGES.get((kind, name, key), RANGES_BY_NAME.get(key))
+            message = _range_problem(value, rule) if rule else None
+            if message:
+                out.append(Problem(f"{path}.{key}", message))
 
 
 def check_mode_options(out: list, mode: str, options: dict) -> None:
-    if mode in MODE_OPTIONS:
-        check_options(out, "train.mode_opt", "mode", mode, options, name_path="train.mode")
+    check_options(out, "train.mode_opt", "mode", mode, options, name_path="train.mode")
+
+
+def effective_options(kind: str, name: str, options: dict | None) -> dict[str, Any]:
+    """Every option of component ``name`` with its value in effect: the defaults updated with
+    ``options`` (what the engine will run with, whether a value was written or defaulted)."""
+    return {**TABLES[kind].get(name, {}), **(options or {})}
+
+
+def normalise_options(kind: str, name: str, options: dict | None) -> dict[str, Any]:
+    """``options`` with integers turned into floats where the option is a float (``scale = 16``
+    and ``scale = 16.0`` are the same setting and must give the same config hash)."""
+    known = TABLES[kind].get(name, {})
+    out = {}
+    for key, value in (options or {}).items():
+        default = known.get(key)
+        if (isinstance(default, float) and isinstance(value, int)
+                and not isinstance(value, bool)):
+            value = float(value)
+        out[key] = value
+    return out

@@ -6,6 +6,7 @@ stopping at the first, so a user fixes a preset in one pass.
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -93,6 +94,13 @@ def _positive(out: list[Problem], path: str, value: Any, strict=True) -> None:
             out.append(Problem(path, f"must be {'> 0' if strict else '>= 0'}, got {value!r}"))
 
 
+def _below(out: list[Problem], path: str, value: Any, limit: float, inclusive=False) -> None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value > limit or (value == limit and not inclusive):
+            bound = f"<= {limit}" if inclusive else f"< {limit}"
+            out.append(Problem(path, f"must be {bound}, got {value!r}"))
+
+
 def check_values(cfg: dict, out: list[Problem]) -> None:
     """Range and name checks on an already type-checked plain config."""
     ds, model, train, ev = cfg["dataset"], cfg["model"], cfg["train"], cfg["eval"]
@@ -129,12 +137,22 @@ def check_values(cfg: dict, out: list[Problem]) -> None:
         if "else" not in train["lr_dict"]:
             out.append(Problem("train.lr_dict", "needs an 'else' entry (lr of unmatched params)"))
         for k, v in train["lr_dict"].items():
+            if not k:
+                out.append(Problem("train.lr_dict", "an empty key matches every parameter"))
             if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
                 out.append(Problem(f"train.lr_dict.{k}", f"must be a learning rate >= 0, got {v!r}"))
     for i, m in enumerate(train["milestones"]):
         if not isinstance(m, int) or isinstance(m, bool) or m <= 0:
             out.append(Problem(f"train.milestones[{i}]", f"must be a positive epoch, got {m!r}"))
+    if train["deffer"] is not None:
+        for key in train["deffer"]:
+            if key not in ("DRW", "DM"):
+                out.append(Problem(f"train.deffer.{key}", "unknown deferred re-balancing; "
+                                   "allowed: DRW, DM"))
+    _below(out, "train.momentum", train["momentum"], 1.0)
     att = train["attack"]
+    _below(out, "train.attack.eps", att["eps"], 1.0, inclusive=True)
+    _below(out, "eval.eps", ev["eps"], 1.0, inclusive=True)
     _positive(out, "train.attack.eps", att["eps"])
     _positive(out, "train.attack.step_size", att["step_size"])
     _positive(out, "train.attack.num_steps", att["num_steps"], strict=False)
@@ -147,7 +165,42 @@ def check_values(cfg: dict, out: list[Problem]) -> None:
         _positive(out, "eval.n_ex", ev["n_ex"])
     for i, a in enumerate(ev["attacks"]):
         _choice(out, f"eval.attacks[{i}]", a, schema.ATTACKS)
+        if a in ev["attacks"][:i]:
+            out.append(Problem(f"eval.attacks[{i}]", f"{a!r} is listed twice"))
+    if not ev["attacks"]:
+        out.append(Problem("eval.attacks", "needs at least one attack"))
+    _positive(out, "seed", cfg["seed"], strict=False)
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", str(cfg["device"])):
+        out.append(Problem("device", f"unknown device {cfg['device']!r}; allowed: auto, cpu, "
+                                     "cuda, cuda:N, mps"))
+    if cfg["kind"] == "inference" and not cfg.get("inference_head"):
+        out.append(Problem("inference_head", "an inference-time preset needs an "
+                                             "[inference_head] table (head, head_opt)"))
     _choice(out, "eval.aa_version", ev["aa_version"], schema.AA_VERSIONS)
     if cfg["kind"] == "finetune" and not cfg.get("parent_checkpoint"):
         out.append(Problem("parent_run", "a fine-tune preset starts from a trained run: "
                                          "pass --from RUN"))
+
+
+_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
+
+
+def check_meta(meta: dict, out: list[Problem]) -> None:
+    """Types of the ``[preset]`` table (what the preset is; the config lives elsewhere)."""
+    name = meta.get("name")
+    if name is not None and not (isinstance(name, str) and _NAME_RE.fullmatch(name)):
+        out.append(Problem("preset.name", "must be lower-case letters, digits, '.', '_' or '-' "
+                                          f"(a CLI argument), got {name!r}"))
+    for key in ("title", "summary", "kind"):
+        if key in meta and not isinstance(meta[key], str):
+            out.append(Problem(f"preset.{key}", f"expected a string, got {meta[key]!r}"))
+    row = meta.get("paper_row")
+    if row is not None and (not isinstance(row, int) or isinstance(row, bool) or row < 1):
+        out.append(Problem("preset.paper_row", f"must be a positive integer, got {row!r}"))
+    for key in ("reference_config", "notes"):
+        value = meta.get(key)
+        if value is None or isinstance(value, str):
+            continue
+        if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            out.append(Problem(f"preset.{key}", f"expected a string or a list of strings, "
+                                                f"got {value!r}"))

@@ -8,6 +8,9 @@ reads and then writes can fail at once with "database is locked" when another co
 committed in between, without waiting for the busy timeout.
 
 A ``Catalog`` (its sqlite3 connection) belongs to the thread that opened it; open one per thread.
+Never ``fork()`` a process holding an open Catalog and use SQLite in the child: the child
+inherits SQLite's per-process lock bookkeeping and can wait on locks nobody holds (``subprocess``,
+which execs, is fine; ``multiprocessing`` should use the spawn context).
 """
 from __future__ import annotations
 
@@ -135,8 +138,10 @@ class Catalog:
         return candidates[0]["id"]
 
     def get_run(self, ref: str) -> dict:
-        row = self._row(self.resolve(ref))
-        assert row is not None
+        run_id = self.resolve(ref)
+        row = self._row(run_id)
+        if row is None:  # deleted by another process between the two queries
+            raise RunNotFound(f"run {run_id} was just deleted")
         return _decode(row, ["tags"])
 
     def list_runs(
@@ -146,6 +151,8 @@ class Catalog:
         where, params = [], []
         if status is not None:
             wanted = [status] if isinstance(status, str) else list(status)
+            if not wanted:
+                return []
             where.append(f"status IN ({', '.join('?' * len(wanted))})")
             params += wanted
         if preset is not None:
@@ -326,6 +333,9 @@ class Catalog:
                 meta = self._read_meta(run_dir, say)
                 if meta is None:
                     continue
+                if self._row(meta["id"]) is not None:
+                    say(f"{run_dir}: run id {meta['id']} is already indexed from another directory; skipped")
+                    continue
                 self.db["runs"].insert(_ingest.run_row_from_meta(meta, run_dir))
                 row = self._row(meta["id"])
                 assert row is not None
@@ -347,7 +357,10 @@ class Catalog:
         if not isinstance(meta, dict):
             say(f"{meta_path}: not a JSON object; skipped")
             return None
-        if meta.get("id") != run_dir.name:
-            say(f"{meta_path}: id {meta.get('id')!r} differs from the directory name; using {run_dir.name!r}")
+        if not meta.get("id"):
+            say(f"{meta_path}: no id; using the directory name {run_dir.name!r}")
             meta = {**meta, "id": run_dir.name}
+        elif meta["id"] != run_dir.name:
+            # A renamed or copied directory: its events still carry the meta id, so keep it.
+            say(f"{meta_path}: id {meta['id']!r} differs from the directory name {run_dir.name!r}")
         return meta

@@ -8,10 +8,11 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from presets.toml_writer import write_atomic
 
 CATALOG_FILE = "catalog.db"
 RUNS_FOLDER = "runs"
@@ -46,25 +47,11 @@ def new_run_id(now: float | None = None) -> str:
 def atomic_write_text(path: Path | str, text: str) -> None:
     """Write ``text`` so readers see either the old file or the whole new one, never a part.
 
-    Temp file in the same directory (``os.replace`` is only atomic within one filesystem),
-    fsync before the rename (else a crash can leave an empty file under the final name), and
-    fsync of the directory so the rename itself survives a crash.
+    Temp file in the same directory, fsync, rename (presets' ``write_atomic``), then an fsync of
+    the directory so the rename itself survives a crash: meta.json is the source of truth.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    write_atomic(path, text)
     _fsync_dir(path.parent)
 
 

@@ -1,12 +1,10 @@
 """The run catalog: ingest idempotence, partial/corrupt lines, reindex == ingest, prefixes,
-concurrency (several processes ingesting while another thread reads), schema migration."""
+schema migration (concurrency: test_catalog_concurrency.py)."""
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
-import threading
-import time
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,7 @@ import sqlite_utils
 from runs import migrations
 from runs.catalog import TABLES, AmbiguousRun, Catalog, CatalogError, RunNotFound
 from runs.events import EVENT_VERSION
-from runs.paths import catalog_path, new_run_id
+from runs.paths import advlt_home, atomic_write_json, catalog_path, new_run_id
 
 
 @pytest.fixture
@@ -126,6 +124,33 @@ def test_events_at_or_below_last_seq_are_skipped(cat: Catalog) -> None:
     cat.conn.commit()
     assert cat.ingest(run_id) == 1
     assert [e["robust_acc"] for e in cat.run_epochs(run_id)] == [pytest.approx(0.1), pytest.approx(0.2)]
+
+
+def test_a_crash_mid_batch_applies_nothing_not_even_the_offset(
+    cat: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runs import ingest
+
+    run_id, s = new_run(cat)
+    s.emit("started", **started())
+    s.emit("epoch", **epoch_data(1))
+    s.emit("epoch", **epoch_data(2))
+    real = ingest.HANDLERS["epoch"]
+
+    def dies_on_epoch_2(conn, rid, event):  # type: ignore[no-untyped-def]
+        if event["epoch"] == 2:
+            raise KeyboardInterrupt  # as if the process were interrupted half-way
+        return real(conn, rid, event)
+
+    monkeypatch.setitem(ingest.HANDLERS, "epoch", dies_on_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        cat.ingest(run_id)
+    run = cat.get_run(run_id)
+    assert (run["status"], run["ingest_offset"], run["last_seq"]) == ("queued", 0, -1)
+    assert cat.run_epochs(run_id) == []
+    monkeypatch.setitem(ingest.HANDLERS, "epoch", real)
+    assert cat.ingest(run_id) == 3
+    assert [e["epoch"] for e in cat.run_epochs(run_id)] == [1, 2]
 
 
 def test_truncated_last_line_waits_until_completed(cat: Catalog) -> None:
@@ -271,9 +296,13 @@ def test_reindex_rebuilds_the_same_catalog(cat: Catalog, home: Path) -> None:
     assert len(incremental["runs"]) == 4 and incremental["eval_results"]
     stray = home / "runs" / "not-a-run"
     stray.mkdir()
+    copy = home / "runs" / "zz-copy-of-0003"  # sorts after the original
+    copy.mkdir()
+    (copy / "meta.json").write_text((home / "runs" / "240103-000000-0003" / "meta.json").read_text())
     problems: list[str] = []
     assert cat.reindex(report=problems.append) == 4
-    assert len(problems) == 1 and "not-a-run" in problems[0] and "meta.json" in problems[0]
+    assert len(problems) == 3 and "not-a-run" in problems[0] and "meta.json" in problems[0]
+    assert "differs" in problems[1] and "already indexed" in problems[2]
     assert snapshot(cat) == incremental
     cat.close()
     # From nothing at all, too: a fresh catalog file rebuilt from the run directories.
@@ -281,6 +310,7 @@ def test_reindex_rebuilds_the_same_catalog(cat: Catalog, home: Path) -> None:
         Path(str(catalog_path(home)) + suffix).unlink(missing_ok=True)
     fresh = Catalog()
     assert fresh.list_runs() == []
+    shutil.rmtree(copy)
     fresh.reindex(report=lambda _: None)
     assert snapshot(fresh) == incremental
     base = fresh.get_run("240101")
@@ -370,87 +400,24 @@ def test_older_schema_catalog_is_migrated(home: Path) -> None:
     s.emit("started", **started())
     assert cat.ingest(run["id"]) == 1 and cat.get_run(run["id"])["status"] == "running"
     cat.close()
-    assert Catalog(home).get_run("230101")["status"] == "running"  # reopening migrates nothing
-
-
-# --- concurrency --------------------------------------------------------------------------------
-
-N_WRITERS = 8
-N_EPOCHS = 30
-
-
-def _writer(home: str, run_id: str, index: int) -> None:
-    """An engine (appending lines in two chunks) that also ingests its own run now and then."""
-    cat = Catalog(Path(home))
-    s = Stream(Path(home) / "runs" / run_id, run_id)
-    lines = [s.line("started", **started(epochs=N_EPOCHS))]
-    for epoch in range(1, N_EPOCHS + 1):
-        lines.append(s.line("progress", epoch=epoch, batch=1, batches=2, loss=1.0, images_per_s=1.0, eta_s=1.0))
-        lines.append(s.line("epoch", **epoch_data(epoch, robust=index + epoch / 1000)))
-        if epoch % 10 == 0:
-            lines.append(s.line("checkpoint", epoch=epoch, path=f"checkpoints/epoch{epoch}.pt", sha256="0"))
-    lines.append(s.line("finished", epoch=N_EPOCHS, clean_acc=0.5, robust_acc=0.25))
-    with open(s.path, "ab") as f:
-        for i, data in enumerate(lines):
-            f.write(data[:11])
-            f.flush()
-            f.write(data[11:])
-            f.flush()
-            if i % 6 == 0:
-                cat.ingest(run_id)
-    cat.close()
-
-
-def test_concurrent_writers_and_readers(home: Path) -> None:
-    cat = Catalog()
-    ids = [new_run(cat, f"250101-000000-{i:04d}")[0] for i in range(N_WRITERS)]
-    errors: list[BaseException] = []
-    done = threading.Event()
-
-    def reader() -> None:
-        mine = Catalog()
-        try:
-            while not done.is_set():
-                mine.ingest_all()
-                for run in mine.list_runs():
-                    epochs = [e["epoch"] for e in mine.run_epochs(run["id"])]
-                    assert epochs == list(range(1, len(epochs) + 1)), epochs
-        except BaseException as exc:  # surfaced by the main thread's assertion
-            errors.append(exc)
-        finally:
-            mine.close()
-
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    ctx = multiprocessing.get_context(method)
-    start = time.monotonic()
-    thread = threading.Thread(target=reader)
-    thread.start()
-    procs = [ctx.Process(target=_writer, args=(str(home), run_id, i)) for i, run_id in enumerate(ids)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=60)
-    done.set()
-    thread.join(timeout=30)
-    assert [p.exitcode for p in procs] == [0] * N_WRITERS
-    assert errors == []
-    cat.ingest_all()
-    n_events = 1 + 2 * N_EPOCHS + N_EPOCHS // 10 + 1
-    for i, run_id in enumerate(ids):
-        run = cat.get_run(run_id)
-        assert (run["status"], run["last_seq"], run["bad_lines"]) == ("finished", n_events - 1, 0)
-        assert run["best_epoch"] == N_EPOCHS
-        rows = cat.run_epochs(run_id)
-        assert [e["epoch"] for e in rows] == list(range(1, N_EPOCHS + 1))
-        assert [e["robust_acc"] for e in rows] == [pytest.approx(i + e / 1000) for e in range(1, N_EPOCHS + 1)]
-        assert len(cat.run_checkpoints(run_id)) == N_EPOCHS // 10
-    total = cat.conn.execute("SELECT COUNT(*) FROM epochs").fetchone()[0]
-    assert total == N_WRITERS * N_EPOCHS
-    assert time.monotonic() - start < 10
-    cat.close()
+    with Catalog(home) as again:  # reopening migrates nothing and keeps the data
+        assert again.get_run("230101")["status"] == "running"
 
 
 def test_catalog_file_is_in_wal_mode(cat: Catalog) -> None:
     assert cat.db.journal_mode == "wal"
     assert cat.conn.execute("PRAGMA busy_timeout").fetchone()[0] == 30000
     assert os.path.exists(catalog_path())
+
+
+def test_paths_home_ids_and_atomic_writes(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert advlt_home() == home
+    monkeypatch.delenv("ADVLT_HOME")
+    assert advlt_home() == Path.home() / ".advlt"
+    ids = [new_run_id(now=t) for t in (1_700_000_000, 1_700_000_001, 1_800_000_000)]
+    assert ids == sorted(ids) and ids[0].startswith("231114-221320-") and len(ids[0]) == 18
+    target = home / "x" / "meta.json"
+    atomic_write_json(target, {"b": 1, "a": [1, 2]})
+    atomic_write_json(target, {"a": 2})
+    assert json.loads(target.read_text()) == {"a": 2}
+    assert [p.name for p in target.parent.iterdir()] == ["meta.json"]  # no temp files left

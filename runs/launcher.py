@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -53,6 +54,7 @@ def spawn(run_dir: Path, argv: list[str], *, cuda_devices: Optional[str] = None,
                                 stderr=subprocess.STDOUT, start_new_session=True, env=env,
                                 cwd=run_dir)
     info = {"pid": proc.pid, "pgid": proc.pid, "start_time": liveness.process_start_time(proc.pid),
+            "host": socket.gethostname(),
             "argv": argv, "launched": time.time(), "cuda_visible_devices": cuda_devices}
     atomic_write_json(run_dir / pid_name, info)
     return info

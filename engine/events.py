@@ -57,6 +57,44 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _pct(value: Any) -> str:
+    return "—" if value is None else f"{100 * value:.1f}%"
+
+
+def describe(event: dict) -> str | None:
+    """A one-line human summary of an event for ``engine.log`` (None: not worth a line)."""
+    kind = event["type"]
+    stamp = time.strftime("%H:%M:%S", time.localtime(event["time"]))
+    if kind == "started":
+        text = (f"started on {event.get('device')}: {event.get('train_images')} training images, "
+                f"per-class counts {event.get('counts')}, epochs {event.get('start_epoch')}→"
+                f"{event.get('epochs')}{' (resumed)' if event.get('resumed') else ''}")
+    elif kind == "progress":
+        text = (f"epoch {event['epoch']} batch {event['batch']}/{event['batches']} "
+                f"loss {event['loss']:.4f} {event['images_per_s']:.0f} img/s "
+                f"eta {event['eta_s']:.0f}s")
+    elif kind == "epoch":
+        text = (f"epoch {event['epoch']} done: lr {event['lr']:.3g} train loss "
+                f"{event['train_loss']:.4f} clean {_pct(event.get('clean_acc'))} robust "
+                f"{_pct(event.get('robust_acc'))} ({event.get('seconds', 0):.1f}s)")
+    elif kind == "checkpoint":
+        text = f"checkpoint {event['path']}"
+    elif kind == "eval":
+        accs = ", ".join(f"{name} {_pct(r.get('accuracy'))}"
+                         for name, r in (event.get("results") or {}).items())
+        text = f"evaluation {event.get('eval_id')}: {accs}"
+    elif kind in ("finished", "cancelled", "eval_cancelled"):
+        text = kind + "".join(f" {k}={v}" for k, v in event.items()
+                              if k not in ("v", "run", "seq", "time", "type"))
+    elif kind in ("failed", "eval_failed"):
+        text = f"{kind}: {event.get('message')}\n{event.get('traceback', '')}"
+    elif kind == "warning":
+        text = f"warning: {event.get('message')}"
+    else:
+        return None
+    return f"[{stamp}] {text}"
+
+
 class EventWriter:
     def __init__(self, path: Path, run_id: str, mirror: bool = False) -> None:
         self.path = Path(path)
@@ -88,8 +126,10 @@ class EventWriter:
             self.seq += 1
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
-        if self.mirror:
-            sys.stdout.write(line.decode())
+        text = line.decode() if self.mirror else describe(event)
+        if text:
+            # stdout is RUN_DIR/engine.log for detached runs: the human-readable log.
+            sys.stdout.write(text if text.endswith("\n") else text + "\n")
             sys.stdout.flush()
         return event
 

@@ -53,3 +53,65 @@ def per_class_table(counts: list[int], clean: list[float], robust: list[float],
         table.add_row(f"{c} {name}", str(counts[c]), pct(clean[c]), pct(robust[c]),
                       f"[cyan]{bar}[/]")
     return table
+
+
+def epochs_table(epochs: list[dict], title: str = "epochs") -> Table:
+    """Per-epoch metrics (accuracies on the per-epoch eval subset)."""
+    table = Table(title=title, header_style="bold")
+    for col in ("epoch", "lr", "train loss", "clean %", "robust %", "seconds"):
+        table.add_column(col, justify="right")
+    for e in epochs:
+        table.add_row(str(e.get("epoch")), "—" if e.get("lr") is None else f"{e['lr']:.4g}",
+                      "—" if e.get("train_loss") is None else f"{e['train_loss']:.4f}",
+                      pct(e.get("clean_acc")), pct(e.get("robust_acc")),
+                      "—" if e.get("seconds") is None else f"{e['seconds']:.1f}")
+    return table
+
+
+def _pgd_result(results: dict) -> Optional[dict]:
+    keys = sorted((k for k in results if k.startswith("pgd") and k[3:].isdigit()),
+                  key=lambda k: int(k[3:]))
+    return results[keys[-1]] if keys else None
+
+
+def evaluations_table(evaluations: list[dict], title: str = "evaluations") -> Table:
+    """One line per evaluation: its status and headline accuracies (PGD = the longest PGD)."""
+    table = Table(title=title, header_style="bold")
+    for col in ("eval", "status", "checkpoint", "variant", "clean %", "FGSM %", "PGD %", "MIM %",
+                "CW %", "AA %", "worst %", "protocol"):
+        table.add_column(col, justify="right" if "%" in col else "left")
+    for ev in evaluations:
+        res = ev.get("results") or {}
+        acc = {k: (r or {}).get("accuracy") for k, r in res.items()}
+        status = ev.get("status") or "?"
+        table.add_row(ev["id"], f"[{STATUS_STYLE.get(status, '')}]{status}[/]",
+                      ev.get("checkpoint") or "", ev.get("variant") or "",
+                      pct(acc.get("clean")), pct(acc.get("fgsm")),
+                      pct((_pgd_result(res) or {}).get("accuracy")), pct(acc.get("mim")),
+                      pct(acc.get("cw")), pct(acc.get("aa")), pct(acc.get("worst")),
+                      (ev.get("protocol_hash") or "")[:8])
+    return table
+
+
+def eval_result_table(ev: dict, title: Optional[str] = None) -> Table:
+    """One evaluation, one line per attack: accuracy, head/medium/tail means, worst class."""
+    table = Table(title=title or f"evaluation {ev.get('id')}", header_style="bold")
+    for col in ("attack", "acc %", "head %", "medium %", "tail %", "worst class", "worst %"):
+        table.add_column(col, justify="left" if col in ("attack", "worst class") else "right")
+    for attack, r in (ev.get("results") or {}).items():
+        groups = r.get("groups") or {}
+        worst = r.get("worst_class") or {}
+        table.add_row(attack, pct(r.get("accuracy")), pct(groups.get("head")),
+                      pct(groups.get("medium")), pct(groups.get("tail")),
+                      "—" if worst.get("class") is None else str(worst["class"]),
+                      pct(worst.get("recall")))
+    return table
+
+
+def diff_table(diff: list[tuple[str, object, object]], a: str, b: str) -> Table:
+    table = Table(title=f"config differences: {a} vs {b}", header_style="bold")
+    for col in ("key", a, b):
+        table.add_column(col)
+    for key, va, vb in diff:
+        table.add_row(key, "—" if va is None else repr(va), "—" if vb is None else repr(vb))
+    return table

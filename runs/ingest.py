@@ -309,6 +309,51 @@ def _eval(conn: sqlite3.Connection, run_id: str, e: dict) -> bool:
     return False
 
 
+def _queued(conn: sqlite3.Connection, run_id: str, e: dict) -> bool:
+    """The waiter took its place in the GPU queue (a launch or a resume): not ended any more."""
+    conn.execute(
+        "UPDATE runs SET status = 'queued', ended = NULL, message = :message,"
+        " gpus = COALESCE(:gpus, gpus) WHERE id = :id",
+        {"id": run_id, "gpus": e.get("gpus"), "message": "waiting for a GPU" if e.get("gpus")
+         not in ("cpu",) else None},
+    )
+    return False
+
+
+def _gpu_assigned(conn: sqlite3.Connection, run_id: str, e: dict) -> bool:
+    gpus = e.get("gpus")
+    conn.execute(
+        "UPDATE runs SET gpus = ?, message = NULL WHERE id = ?",
+        [json.dumps(gpus) if gpus else "cpu", run_id],
+    )
+    return False
+
+
+def _eval_status(status: str) -> Callable[..., bool]:
+    """Handler for an evaluation's lifecycle event (status only moves forward from queued)."""
+
+    def handler(conn: sqlite3.Connection, run_id: str, e: dict) -> bool:
+        if e.get("eval_id") is None:
+            return False
+        _ensure_eval(conn, run_id, e)
+        if status == "running":
+            conn.execute(
+                "UPDATE evaluations SET status = 'running', message = NULL,"
+                " checkpoint = COALESCE(?, checkpoint), variant = COALESCE(?, variant)"
+                " WHERE id = ? AND status IN ('queued', 'lost')",
+                [e.get("checkpoint"), e.get("variant"), e["eval_id"]],
+            )
+        else:  # queued again (a restart of the request)
+            conn.execute(
+                "UPDATE evaluations SET status = ?, message = NULL WHERE id = ?"
+                " AND status NOT IN ('finished')",
+                [status, e["eval_id"]],
+            )
+        return False
+
+    return handler
+
+
 def _ended(status: str, message: Callable[[dict], str | None]) -> Callable[..., bool]:
     """Handler for a terminal event: it ends the evaluation named by ``eval_id`` if there is
     one (an eval process must not mark a finished training run failed), else the run."""
@@ -340,7 +385,14 @@ def _ended(status: str, message: Callable[[dict], str | None]) -> Callable[..., 
     return handler
 
 
+def _eval_only(handler: Callable[..., bool]) -> Callable[..., bool]:
+    """An ``eval_*`` event without ``eval_id`` is malformed: it must never end the run."""
+    return lambda conn, run_id, e: handler(conn, run_id, e) if e.get("eval_id") is not None else False
+
+
 def _cancel_message(e: dict) -> str:
+    if e.get("message"):
+        return str(e["message"])
     return f"cancelled by signal {e['signal']}" if e.get("signal") is not None else "cancelled"
 
 
@@ -353,5 +405,12 @@ HANDLERS: dict[str, Callable[[sqlite3.Connection, str, dict], bool]] = {
     "finished": _ended("finished", lambda e: None),
     "failed": _ended("failed", lambda e: e.get("message") or "failed"),
     "cancelled": _ended("cancelled", _cancel_message),
+    "queued": _queued,
+    "gpu_assigned": _gpu_assigned,
+    "eval_queued": _eval_status("queued"),
+    "eval_gpu_assigned": lambda conn, run_id, e: False,
+    "eval_started": _eval_status("running"),
+    "eval_failed": _eval_only(_ended("failed", lambda e: e.get("message") or "failed")),
+    "eval_cancelled": _eval_only(_ended("cancelled", _cancel_message)),
     # progress and heartbeat only advance last_seq/last_event; the TUI tails them live.
 }

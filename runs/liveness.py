@@ -7,9 +7,11 @@ reaped by its parent) counts as dead: it will never write another event.
 """
 from __future__ import annotations
 
+import json
 import os
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -99,22 +101,58 @@ def engine_gone(run: dict) -> bool | None:
 
 
 def reconcile(catalog: "Catalog") -> list[StatusChange]:
-    """Mark ``running`` runs whose engine is gone without a final event as ``lost``.
+    """Mark runs whose engine (or GPU-queue waiter) is gone without a final event as ``lost``,
+    and evaluations whose process is gone likewise.
 
     The engine writes its final event before it exits, so after seeing it gone we ingest once
     more: a run that finished between our last ingest and now becomes ``finished``, not lost.
-    Queued runs have no engine yet and are left alone.
+    Queued runs count only once their waiter's pid is recorded (before that there is nothing to
+    check).
     """
     changes = []
-    for run in catalog.list_runs(status="running"):
+    for run in catalog.list_runs(status=("running", "queued")):
         if not engine_gone(run):
             continue
         catalog.ingest(run["id"])
-        now = catalog.get_run(run["id"])["status"]
-        if now == "running":
-            reason = f"engine process {run['pid']} is gone without a finished/failed event"
+        fresh = catalog.get_run(run["id"])
+        if fresh["pid"] != run["pid"] and not engine_gone(fresh):
+            continue  # relaunched (resume) between our two reads
+        now = fresh["status"]
+        if now in ("running", "queued"):
+            what = "engine" if now == "running" else "GPU-queue waiter"
+            reason = f"{what} process {fresh['pid']} is gone without a finished/failed event"
             catalog.set_status(run["id"], "lost", reason)
-            changes.append(StatusChange(run["id"], "running", "lost", reason))
+            changes.append(StatusChange(run["id"], now, "lost", reason))
         elif now != run["status"]:
             changes.append(StatusChange(run["id"], run["status"], now, "final events ingested"))
+    changes += reconcile_evals(catalog)
     return changes
+
+
+def reconcile_evals(catalog: "Catalog") -> list[StatusChange]:
+    """Queued/running evaluations whose process (``evals/<id>.pid``) is gone become ``lost``."""
+    changes = []
+    for ev in catalog.open_evaluations():
+        pid_path = Path(ev["run_dir"]) / "evals" / f"{ev['id']}.pid"
+        info = _read_json(pid_path)
+        if info is None or not isinstance(info.get("pid"), int):
+            continue
+        if info.get("host") and info["host"] != socket.gethostname():
+            continue
+        if is_alive(info["pid"], info.get("start_time")):
+            continue
+        catalog.ingest(ev["run_id"])
+        status = catalog.evaluation_status(ev["id"])
+        if status in ("queued", "running"):
+            reason = f"evaluation process {info['pid']} is gone without a result"
+            catalog.set_eval_status(ev["id"], "lost", reason)
+            changes.append(StatusChange(ev["id"], status, "lost", reason))
+    return changes
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

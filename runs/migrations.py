@@ -112,6 +112,14 @@ def m002_host_hints_indexes(db: sqlite_utils.Database) -> None:
     db["evaluations"].create_index(["run_id"], if_not_exists=True)
 
 
+@MIGRATIONS(name="m003_listing_indexes")
+def m003_listing_indexes(db: sqlite_utils.Database) -> None:
+    # `advlt runs` lists newest first, optionally by preset: no sort of the whole table.
+    db["runs"].create_index(["created", "id"], if_not_exists=True)
+    db["runs"].create_index(["preset"], if_not_exists=True)
+    db["evaluations"].create_index(["status"], if_not_exists=True)
+
+
 def migrate(db: sqlite_utils.Database, stop_before: str | None = None) -> None:
     """Apply pending migrations (all, or those before ``stop_before``: tests build old schemas).
 

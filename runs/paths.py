@@ -21,7 +21,8 @@ RUNS_FOLDER = "runs"
 def advlt_home() -> Path:
     """``$ADVLT_HOME`` if set (and non-empty), else ``~/.advlt``."""
     env = os.environ.get("ADVLT_HOME")
-    return Path(env).expanduser() if env else Path.home() / ".advlt"
+    # Absolute: run directories are handed to detached processes that run elsewhere (cwd).
+    return (Path(env).expanduser() if env else Path.home() / ".advlt").absolute()
 
 
 def runs_dir(home: Path | None = None) -> Path:

@@ -76,11 +76,12 @@ def follow_eval(catalog: Catalog, run_id: str, eval_id: str, offset: int, consol
     run_dir = Path(catalog.get_run(run_id)["run_dir"])
     events_path = run_dir / "events.jsonl"
     columns = [TextColumn("[bold]{task.description}"), BarColumn(),
-               TextColumn("{task.completed}/{task.total} images"), TimeRemainingColumn()]
+               TextColumn("{task.completed}/{task.total} {task.fields[unit]}"),
+               TimeRemainingColumn()]
     status: Optional[str] = None
     with Progress(*columns, console=console, disable=quiet, transient=False) as progress:
         tasks: dict[str, int] = {}
-        waiting = progress.add_task(f"{eval_id}: queued", total=None)
+        waiting = progress.add_task(f"{eval_id}: queued", total=None, unit="")
         try:
             while status is None:
                 events, offset, _ = read_events(events_path, offset)
@@ -93,7 +94,11 @@ def follow_eval(catalog: Catalog, run_id: str, eval_id: str, offset: int, consol
                         attack = str(e["attack"])
                         if attack not in tasks:
                             progress.update(waiting, visible=False)
-                            tasks[attack] = progress.add_task(attack, total=e.get("total"))
+                            # AutoAttack reports images passed through the model (its own
+                            # restarts and queries included), not test images.
+                            unit = "model passes" if attack == "aa" else "images"
+                            tasks[attack] = progress.add_task(attack, total=e.get("total"),
+                                                              unit=unit)
                         progress.update(tasks[attack], completed=e.get("done") or 0,
                                         total=e.get("total"))
                     elif e["type"] in EVAL_DONE:

@@ -95,7 +95,15 @@ def evaluations_table(evaluations: list[dict], title: str = "evaluations") -> Ta
 
 def eval_result_table(ev: dict, title: Optional[str] = None) -> Table:
     """One evaluation, one line per attack: accuracy, head/medium/tail means, worst class."""
-    table = Table(title=title or f"evaluation {ev.get('id')}", header_style="bold")
+    caption = []
+    if ev.get("variant"):
+        caption.append(f"inference head: {ev['variant']}")
+    caption += [f"[yellow]warning:[/] {w}" for w in ev.get("warnings") or []]
+    if (ev.get("flags") or {}).get("gradient_masking"):
+        caption.append("[bold red]gradient masking suspected:[/] PGD/MIM beat CW/AA by "
+                       f"{100 * ev['flags'].get('masking_gap', 0):.1f} points")
+    table = Table(title=title or f"evaluation {ev.get('id')}", header_style="bold",
+                  caption="\n".join(caption) or None, caption_justify="left")
     for col in ("attack", "acc %", "head %", "medium %", "tail %", "worst class", "worst %"):
         table.add_column(col, justify="left" if col in ("attack", "worst class") else "right")
     for attack, r in (ev.get("results") or {}).items():

@@ -11,7 +11,7 @@ count this run's own epochs from 1. A resumed run continues bit for bit (on the 
 optimiser momentum, scheduler, loader/sampler position, attack generator and global RNG states are
 all in the checkpoint — unlike the reference, which restarts with a fresh optimiser (§4.5).
 
-Device: CUDA when present, else CPU (``device = "auto"``); nothing calls ``.cuda()``. The
+Device: CUDA when present, else CPU (``device = "auto"``); tensors follow the run's device. The
 precision policy (bf16 autocast + channels_last for the backbone on CUDA) is in
 :mod:`engine.train_support`.
 

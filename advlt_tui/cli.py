@@ -43,6 +43,12 @@ GpusOpt = Annotated[Optional[str], typer.Option(
 ShareOpt = Annotated[bool, typer.Option("--share", help="allow other --share runs on the same "
                                         "GPU(s)")]
 DetachOpt = Annotated[bool, typer.Option("--detach", help="start and return at once")]
+BackendOpt = Annotated[Optional[str], typer.Option(
+    "--backend", help="local (this machine, GPU queue) or slurm (sbatch; --gpus is then a GPU "
+                      "count) — default $ADVLT_BACKEND or local")]
+SlurmArgOpt = Annotated[Optional[list[str]], typer.Option(
+    "--slurm-arg", help="extra sbatch option, e.g. --slurm-arg=--partition=gpu (repeatable; "
+                        "after those in $ADVLT_SLURM_ARGS)")]
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
@@ -112,13 +118,20 @@ def run_cmd(
     seed: Annotated[Optional[int], typer.Option(help="random seed")] = None,
     detach: DetachOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the run id and final status as JSON")] = False,
+    backend: BackendOpt = None,
+    slurm_arg: SlurmArgOpt = None,
+    ddp: Annotated[bool, typer.Option("--ddp", help="one run on all --gpus (torchrun + "
+                                      "DistributedDataParallel, batch split over the GPUs)")] = False,
+    nproc: Annotated[Optional[int], typer.Option("--nproc", help="processes of a --ddp run "
+                                                 "(default: one per GPU; with --gpus cpu: gloo)")] = None,
 ) -> None:
     """Train a preset; follows the run with a progress bar unless --detach (Ctrl-C cancels)."""
     catalog = open_catalog()
     with user_errors():
         run = ops.start_run(catalog, preset, dataset, epochs=epochs, data_root=data_root,
                             sets=set_ or [], parent_ref=from_, gpus=gpus, name=name, seed=seed,
-                            share=share)
+                            share=share, ddp=ddp, nproc=nproc, backend=backend,
+                            slurm_args=slurm_arg or [])
     finish_launch(catalog, run, detach, as_json, verb="started")
 
 

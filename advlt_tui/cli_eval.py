@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from advlt_tui.cli import (
-    DetachOpt, GpusOpt, JsonOpt, RunArg, app, err, fail, open_catalog, out, print_json,
-    resolve_run, user_errors,
+    BackendOpt, DetachOpt, GpusOpt, JsonOpt, RunArg, SlurmArgOpt, app, err, fail, open_catalog,
+    out, print_json, resolve_run, user_errors,
 )
 from runs import compare as run_compare
 from runs import ops
@@ -26,6 +26,8 @@ def eval_cmd(
     n_ex: Annotated[Optional[int], typer.Option("--n-ex", help="evaluate a seeded class-balanced "
                                                 "subset of N test images")] = None,
     gpus: GpusOpt = None,
+    backend: BackendOpt = None,
+    slurm_arg: SlurmArgOpt = None,
     detach: DetachOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -43,7 +45,7 @@ def eval_cmd(
     with user_errors():
         spec = ops.request_eval(catalog, run_id, checkpoint=checkpoint,
                                 attacks=parse_attacks(attacks), variant=variant, n_ex=n_ex,
-                                gpus=gpus)
+                                gpus=gpus, backend=backend, slurm_args=slurm_arg or [])
     eval_id = spec["eval_id"]
     if detach:
         if as_json:

@@ -9,8 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from advlt_tui.cli import (
-    DetachOpt, GpusOpt, JsonOpt, RunArg, ShareOpt, app, err, fail, finish_launch, open_catalog,
-    out, print_json, resolve_run, user_errors, warn,
+    BackendOpt, DetachOpt, GpusOpt, JsonOpt, RunArg, ShareOpt, SlurmArgOpt, app, err, fail,
+    finish_launch, open_catalog, out, print_json, resolve_run, user_errors, warn,
 )
 from runs import launcher, ops
 from runs.evals import EVALS_FOLDER
@@ -73,12 +73,14 @@ def logs_cmd(
 
 @app.command("resume")
 def resume_cmd(run: RunArg, gpus: GpusOpt = None, share: ShareOpt = False,
-               detach: DetachOpt = False, as_json: JsonOpt = False) -> None:
+               detach: DetachOpt = False, as_json: JsonOpt = False,
+               backend: BackendOpt = None, slurm_arg: SlurmArgOpt = None) -> None:
     """Continue a lost, cancelled or failed run from its last checkpoint, under the same id."""
     catalog = open_catalog()
     run_id = resolve_run(catalog, run)
     with user_errors():
-        row = ops.resume_run(catalog, run_id, gpus=gpus, share=share or None)
+        row = ops.resume_run(catalog, run_id, gpus=gpus, share=share or None, backend=backend,
+                             slurm_args=slurm_arg or [])
     finish_launch(catalog, row, detach, as_json, verb="resumed")
 
 

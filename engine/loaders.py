@@ -74,6 +74,10 @@ class TrainLoader:
 
     ``state_dict()`` may be taken at any point, mid-epoch included; after ``load_state_dict`` the
     loader yields exactly the batches the original would have yielded next.
+
+    ``shard=(rank, world)`` (torchrun/DDP, :mod:`engine.distributed`): every rank draws the same
+    global batches (``batch_size`` each, same length per epoch) and yields rows
+    ``rank·B/world … (rank+1)·B/world`` of each, after augmenting the whole global batch.
     """
 
     def __init__(
@@ -85,9 +89,15 @@ class TrainLoader:
         device: torch.device | str,
         drop_last: bool = True,
         sampler_seed: int = 0,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+        rank, world = shard
+        if world > 1 and (batch_size % world or not drop_last or not 0 <= rank < world):
+            raise ValueError(f"sharding needs drop_last and a batch size divisible by the world "
+                             f"size: batch_size {batch_size}, shard {rank} of {world}")
+        self.shard = (rank, world)
         self.images = bundle.train_images.contiguous()
         self.labels = bundle.train_labels.to(torch.long)
         self.batch_size = batch_size
@@ -137,6 +147,11 @@ class TrainLoader:
             x = self.images[idx].to(self.device, non_blocking=True)
             y = self.labels[idx].to(self.device, non_blocking=True)
             x = to_unit_float(augment_batch(x, self.augment, self.augment_gen), self.pixel_max)
+            if self.shard[1] > 1:
+                # Augmented as a whole first, so every rank's generators advance alike.
+                part = len(idx) // self.shard[1]
+                rows = slice(self.shard[0] * part, (self.shard[0] + 1) * part)
+                x, y = x[rows], y[rows]
             self._yielded = b + 1
             yield x, y
         self._epoch_start = None

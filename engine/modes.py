@@ -98,10 +98,15 @@ class TrainMode:
         deffer: Optional[dict] = None,
         robal_forwards: str = "reference",
         generator: Optional[torch.Generator] = None,
+        attack_model: Optional[nn.Module] = None,
     ) -> None:
         if robal_forwards not in ROBAL_FORWARDS:
             raise ValueError(f"robal_forwards must be one of {ROBAL_FORWARDS}, got {robal_forwards!r}")
         self.model = model
+        # Under DDP ``model`` is the wrapper (loss forwards: gradients all-reduced) and
+        # ``attack_model`` the module inside it: the inner maximisation must not go through DDP
+        # (no buffer broadcasts, no reducer bookkeeping for forwards that never backward).
+        self.attack_model = attack_model if attack_model is not None else model
         self.losses = losses
         self.attack = attack
         self.class_counts = list(class_counts)
@@ -131,9 +136,9 @@ class TrainMode:
 
     def _pgd(self, x: Tensor, y: Tensor, loss_fn: Optional[Callable] = None) -> Tensor:
         """PGD from the configured start (reference: one-sided ``x + eps·U[0,1)``)."""
-        with attack_mode(self.model):
+        with attack_mode(self.attack_model):
             result = attacks.pgd(
-                self.model,
+                self.attack_model,
                 x,
                 y,
                 eps=self.attack.eps,
@@ -267,9 +272,9 @@ class TradesMode(TrainMode):
     defaults = {"beta": 1.0}
 
     def step(self, x: Tensor, y: Tensor, epoch: int) -> StepOutput:
-        with attack_mode(self.model):
+        with attack_mode(self.attack_model):
             result = attacks.trades_kl_attack(
-                self.model,
+                self.attack_model,
                 x,
                 eps=self.attack.eps,
                 step_size=self.attack.step_size,

@@ -13,7 +13,9 @@ all in the checkpoint — unlike the reference, which restarts with a fresh opti
 
 Device: CUDA when present, else CPU (``device = "auto"``); tensors follow the run's device. The
 precision policy (bf16 autocast + channels_last for the backbone on CUDA) is in
-:mod:`engine.train_support`.
+:mod:`engine.train_support`. Started by ``torchrun`` (``WORLD_SIZE`` > 1) the run trains with
+DistributedDataParallel, the global batch sharded over the ranks; only rank 0 writes events and
+checkpoints and evaluates (:mod:`engine.distributed`).
 
 Exit codes: 0 finished, 1 crashed (``failed`` event with message and traceback tail), 2 invalid
 ``config.json`` (``failed`` event naming every bad key), 143 SIGTERM / 130 SIGINT (``cancelled``).
@@ -31,6 +33,7 @@ from typing import Any, Optional
 import torch
 
 from engine import checkpoint as ckpt
+from engine import distributed as ddp
 from engine.datasets import load_dataset
 from engine.events import EventWriter
 from engine.loaders import TrainLoader
@@ -60,7 +63,11 @@ class Trainer:
     def __init__(self, run_dir: Path, mirror: bool = False) -> None:
         self.run_dir = Path(run_dir)
         self.run_id = self.run_dir.name
-        self.events = EventWriter(self.run_dir / "events.jsonl", self.run_id, mirror=mirror)
+        self.dist = ddp.env_context()
+        self.events: EventWriter | ddp.PeerEvents = (
+            EventWriter(self.run_dir / "events.jsonl", self.run_id, mirror=mirror)
+            if self.dist.is_main else
+            ddp.PeerEvents(self.run_dir / "events.jsonl", self.run_id, self.dist.rank))
         self.final_epoch: Optional[int] = None
         self.final: dict[str, Any] = {}
 
@@ -70,7 +77,9 @@ class Trainer:
     def setup(self) -> None:
         self.cfg = cfg = read_config(self.run_dir)
         t, ds = cfg.train, cfg.dataset
-        self.device = pick_device(cfg.device)
+        if self.dist.enabled:  # before anything heavy: a clear error on every rank
+            ddp.per_rank_batch(t.batch_size, self.dist.world_size)
+        self.device = ddp.init(self.dist, pick_device(cfg.device))
         configure_device(self.device, cfg.model.backbone)
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
@@ -101,11 +110,17 @@ class Trainer:
             self._load_parent(Path(cfg.parent_checkpoint))
         self.optimizer = build_optimizer(self.model, t)
         self.scheduler = LRScheduler(self.optimizer, t)
-        self.loader = TrainLoader(self.bundle, t.batch_size, t.sampler, cfg.seed, self.device)
-        self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
-        self.mode = create_mode(t.mode, model=self.model, losses=self.losses, attack=t.attack,
-                                mode_opt=t.mode_opt, class_counts=counts, deffer=t.deffer,
-                                robal_forwards=t.robal_forwards, generator=self.generator)
+        # The loss forwards go through DDP; self.model stays the bare module (attacks,
+        # evaluation, state dicts).
+        self.train_model = ddp.wrap_model(self.model, self.dist, self.device, t.sync_bn)
+        self.loader = TrainLoader(self.bundle, t.batch_size, t.sampler, cfg.seed, self.device,
+                                  shard=(self.dist.rank, self.dist.world_size))
+        self.generator = torch.Generator(device=self.device).manual_seed(
+            ddp.attack_seed(cfg.seed, self.dist))
+        self.mode = create_mode(t.mode, model=self.train_model, losses=self.losses,
+                                attack=t.attack, mode_opt=t.mode_opt, class_counts=counts,
+                                deffer=t.deffer, robal_forwards=t.robal_forwards,
+                                generator=self.generator, attack_model=self.model)
         self.start_epoch = self.base_epoch  # the last completed epoch
         self.resumed = state is not None
         if state is not None:
@@ -132,6 +147,9 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.loader.load_state_dict(state["loader"])
         self.generator.set_state(state["generator"])
+        if not self.dist.is_main:  # the checkpoint holds rank 0's stream; keep the ranks apart
+            self.generator.manual_seed(ddp.attack_seed(self.cfg.seed + int(state["epoch"]),
+                                                       self.dist))
         ckpt.set_rng_state(state["rng"])
         self.base_epoch = int(state["base_epoch"])
         self.start_epoch = int(state["epoch"])
@@ -159,7 +177,10 @@ class Trainer:
             parent=self.parent, train_images=len(self.bundle.train_labels),
             batches_per_epoch=len(self.loader),
             precision="bf16-autocast" if uses_amp(cfg, self.device) else "float32",
-            torch=torch.__version__)
+            torch=torch.__version__, world_size=self.dist.world_size,
+            distributed=None if not self.dist.enabled else {
+                "backend": ddp.backend_name(), "sync_bn": t.sync_bn,
+                "per_rank_batch": t.batch_size // self.dist.world_size})
         # For the ETA: when this process started training, batches done, batches to do.
         self._t0, self._done = time.time(), 0
         self._total = len(self.loader) * max(0, last_epoch - self.start_epoch)
@@ -169,15 +190,16 @@ class Trainer:
             data = {"epoch": epoch, "lr": self.scheduler.step(rel),
                     "train_loss": self._train_epoch(epoch), "clean_acc": None,
                     "robust_acc": None, "per_class_clean": None, "per_class_robust": None}
-            if rel % t.eval_freq == 0 or epoch == last_epoch:
+            if (rel % t.eval_freq == 0 or epoch == last_epoch) and self.dist.is_main:
                 ev = evaluate_subset(self.model, self.bundle, cfg, self.device, epoch)
                 data.update(clean_acc=ev.clean_acc, robust_acc=ev.robust_acc,
                             per_class_clean=ev.per_class_clean,
                             per_class_robust=ev.per_class_robust)
             self.events.emit("epoch", **data, seconds=time.time() - epoch_start)
             self.final = data
-            if rel % t.save_freq == 0 or epoch == last_epoch:
+            if (rel % t.save_freq == 0 or epoch == last_epoch) and self.dist.is_main:
                 self._save(epoch, data)
+            ddp.barrier(self.dist)  # peers wait while rank 0 evaluates and checkpoints
         self.final_epoch = max(last_epoch, self.start_epoch)
 
     def _train_epoch(self, epoch: int) -> float:
@@ -200,15 +222,16 @@ class Trainer:
             loss_sum += out.loss.detach()
             seen += 1
             self._done += 1
-            window_images += len(y)
+            window_images += len(y) * self.dist.world_size
             if (i + 1) % t.log_interval == 0 or i + 1 == batches:
-                now = time.time()  # float() below is the only host sync of the loop
+                loss = float(ddp.mean_over_ranks(out.loss.detach(), self.dist))
+                now = time.time()  # float() above is the only host sync of the loop
                 self.events.emit("progress", epoch=epoch, batch=i + 1, batches=batches,
-                                 loss=float(out.loss.detach()),
+                                 loss=loss,
                                  images_per_s=window_images / max(now - window_start, 1e-9),
                                  eta_s=(now - self._t0) / self._done * (self._total - self._done))
                 window_start, window_images = now, 0
-        return float(loss_sum) / max(seen, 1)
+        return float(ddp.mean_over_ranks(loss_sum, self.dist)) / max(seen, 1)
 
 
 def _install_signal_handlers() -> None:
@@ -226,21 +249,30 @@ def train_main(run_dir: Path, mirror: bool = False) -> int:
     previous = signal.getsignal(signal.SIGTERM)
     _install_signal_handlers()
     trainer = Trainer(run_dir, mirror=mirror)
+    main = trainer.dist.is_main
     try:
         trainer.setup()
         trainer.run()
         trainer.events.emit("finished", epoch=trainer.final_epoch,
                             clean_acc=trainer.final.get("clean_acc"),
                             robust_acc=trainer.final.get("robust_acc"))
+        ddp.cleanup()
         return 0
     except Cancelled as exc:
-        trainer.events.emit("cancelled", signal=str(exc))
+        # torchrun SIGTERMs rank 0 after a peer failed: that failure stays the last word.
+        if not ddp.last_event_is_peer_failure(trainer.run_dir / "events.jsonl"):
+            trainer.events.emit("cancelled", signal=str(exc))
         return EXIT_SIGTERM
     except KeyboardInterrupt:
         trainer.events.emit("cancelled", signal="SIGINT")
         return EXIT_SIGINT
     except ConfigError as exc:
-        trainer.events.emit("failed", message=f"invalid config.json: {exc}", traceback="")
+        if main:  # every rank reads the same file: one report
+            trainer.events.emit("failed", message=f"invalid config.json: {exc}", traceback="")
+        return EXIT_BAD_CONFIG
+    except ddp.DistributedConfigError as exc:
+        if main:
+            trainer.events.emit("failed", message=str(exc), traceback="")
         return EXIT_BAD_CONFIG
     except Exception as exc:  # every failure becomes a `failed` event, then a non-zero exit
         tail = traceback.format_exc().splitlines()[-25:]

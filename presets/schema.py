@@ -94,6 +94,7 @@ class TrainConfig:
     save_freq: int = 10  # checkpoint every N epochs (and the last)
     log_interval: int = 20  # batches between progress events
     amp: str = "auto"  # "auto": bf16 autocast + channels_last on CUDA; "off"
+    sync_bn: bool = False  # torchrun/DDP only: SyncBatchNorm (CUDA) instead of per-rank BN
 
 
 @dataclass(frozen=True)

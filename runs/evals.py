@@ -4,21 +4,23 @@ A request is ``RUN_DIR/evals/<eval_id>.json`` (format: ``engine/evaluate.py``); 
 registers it as a ``queued`` evaluation when it ingests the run. The engine process is started
 detached behind the GPU queue, with its own log and pid file (``evals/<eval_id>.log|.pid``), and
 reports through the run's ``events.jsonl`` (``eval_started``, ``eval_progress``, ``eval``,
-``eval_failed``, ``eval_cancelled``, all carrying ``eval_id``).
+``eval_failed``, ``eval_cancelled``, all carrying ``eval_id``). With the Slurm backend the
+engine runs as a Slurm job instead (``evals/<eval_id>.slurm.sh|.slurm.json``, see ``runs.slurm``).
 """
 from __future__ import annotations
 
 import secrets
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Optional, Union
+from typing import TYPE_CHECKING, Iterable, Optional, Sequence, Union
 
 from presets import loader
 from presets.schema import ATTACKS, HeadSpec
 from presets.validate import ConfigError, Problem
 from runs import gpus as gpu_locks
-from runs import launcher
+from runs import launcher, slurm
 from runs.catalog import CatalogError
+from runs.event_log import append_event
 from runs.paths import advlt_home, atomic_write_json
 
 if TYPE_CHECKING:
@@ -64,9 +66,12 @@ def _checkpoint_problem(catalog: "Catalog", run: dict, checkpoint: Union[str, in
 def request_eval(catalog: "Catalog", ref: str, *, checkpoint: Union[str, int] = "last",
                  attacks: Union[str, Iterable[str]] = ATTACKS, variant: Optional[str] = None,
                  n_ex: Optional[int] = None, protocol: Optional[dict] = None,
-                 gpus: Optional[str] = None, share: bool = False) -> dict:
+                 gpus: Optional[str] = None, share: bool = False, backend: Optional[str] = None,
+                 slurm_args: Sequence[str] = ()) -> dict:
     """Write ``RUN_DIR/evals/<id>.json`` and start ``python -m engine evaluate`` detached
-    (behind the GPU queue); returns the request, with ``eval_id``. Validates everything first."""
+    (behind the GPU queue, or as a Slurm job with ``backend="slurm"``: ``gpus`` is then a
+    count); returns the request, with ``eval_id``. Validates everything first."""
+    on_slurm = slurm.check_backend(backend) == "slurm"
     run = catalog.get_run(ref)
     attack_list = parse_attacks(attacks)
     problems = [Problem("attacks", f"unknown attack {a!r}; allowed: {', '.join(ATTACKS)}, all")
@@ -78,10 +83,21 @@ def request_eval(catalog: "Catalog", ref: str, *, checkpoint: Union[str, int] = 
     bad_ckpt = _checkpoint_problem(catalog, run, checkpoint)
     if bad_ckpt:
         problems.append(Problem("checkpoint", bad_ckpt))
-    try:
-        request = gpu_locks.parse_gpu_spec(gpus or "auto", share)
-    except gpu_locks.GpuSpecError as exc:
-        problems.append(Problem("gpus", str(exc)))
+    if on_slurm:
+        if share:
+            problems.append(Problem("share", "--share is for the local GPU queue"))
+        for check in (lambda: slurm.gres_count(gpus), lambda: slurm.sbatch_options(slurm_args)):
+            try:
+                check()
+            except ConfigError as exc:
+                problems += exc.problems
+    else:
+        if slurm_args:
+            problems.append(Problem("slurm_args", "--slurm-arg needs --backend slurm"))
+        try:
+            request = gpu_locks.parse_gpu_spec(gpus or "auto", share)
+        except gpu_locks.GpuSpecError as exc:
+            problems.append(Problem("gpus", str(exc)))
     head = None
     if variant is not None:
         preset = loader.get_preset(variant, advlt_home() / "presets")
@@ -93,6 +109,8 @@ def request_eval(catalog: "Catalog", ref: str, *, checkpoint: Union[str, int] = 
             head = HeadSpec(**body_head).__dict__
     if problems:
         raise ConfigError(problems, "invalid evaluation request")
+    # sbatch must exist before anything is written.
+    slurm_request = slurm.prepare(gpus, slurm_args) if on_slurm else None
     run_dir = Path(run["run_dir"])
     if not (run_dir / "config.json").is_file():
         raise CatalogError(f"run {run['id']}: {run_dir / 'config.json'} is missing (run directory "
@@ -109,11 +127,30 @@ def request_eval(catalog: "Catalog", ref: str, *, checkpoint: Union[str, int] = 
     spec_path = run_dir / EVALS_FOLDER / f"{eval_id}.json"
     atomic_write_json(spec_path, spec)
     catalog.ingest(run["id"])  # registers the request (status queued) before anything runs
+    if slurm_request is not None:
+        return {**spec, "pid": None, "spec_path": str(spec_path),
+                **_submit_eval(catalog, run, spec_path, eval_id, slurm_request)}
     info = launcher.launch(run_dir, launcher.engine_command(run_dir, "evaluate", str(spec_path)),
                            request.text(), share=share, eval_id=eval_id,
                            log_name=f"{EVALS_FOLDER}/{eval_id}.log",
                            pid_name=f"{EVALS_FOLDER}/{eval_id}.pid")
     return {**spec, "pid": info["pid"], "spec_path": str(spec_path)}
+
+
+def _submit_eval(catalog: "Catalog", run: dict, spec_path: Path, eval_id: str,
+                 request: slurm.SlurmRequest) -> dict:
+    run_dir = Path(run["run_dir"])
+    try:
+        record = slurm.submit(run_dir, launcher.engine_command(run_dir, "evaluate", str(spec_path)),
+                              request, job_name=f"advlt-{eval_id}",
+                              log_name=f"{EVALS_FOLDER}/{eval_id}.log",
+                              pid_name=f"{EVALS_FOLDER}/{eval_id}.pid")
+    except slurm.SlurmError as exc:
+        # The request is already registered: end it, so it does not wait forever as queued.
+        append_event(run_dir, "eval_failed", run_id=run["id"], eval_id=eval_id, message=str(exc))
+        catalog.ingest(run["id"])
+        raise
+    return {"job_id": record["job_id"]}
 
 
 def eval_process_alive(run_dir: Path, eval_id: str) -> bool:

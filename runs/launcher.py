@@ -5,6 +5,9 @@ session and process group (``start_new_session``), stdin closed, output appended
 ``RUN_DIR/engine.log``: closing the TUI, the terminal or the SSH connection never kills a run.
 The waiter becomes the engine by ``exec`` (same pid, same start time), so the pid file written
 here stays right from queued to finished.
+
+A run or evaluation submitted to Slurm (``runs.slurm``) has a ``slurm.json`` record instead of
+the pid file; ``is_running`` and ``terminate`` then ask Slurm (``squeue``/``sacct``, ``scancel``).
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from presets.schema import RunConfig
-from runs import liveness
+from runs import liveness, slurm
 from runs.paths import atomic_write_json, new_run_id
 
 if TYPE_CHECKING:
@@ -43,6 +46,17 @@ def create_run(catalog: "Catalog", cfg: RunConfig, *, name: Optional[str] = None
 
 def engine_command(run_dir: Path, command: str = "train", *extra: str) -> list[str]:
     return [sys.executable, "-m", "engine", command, str(Path(run_dir).absolute()), *extra]
+
+
+def engine_train_command(run_dir: Path, nproc: Optional[int] = None) -> list[str]:
+    """``python -m engine train RUN_DIR``; with ``nproc`` > 1 the same under ``torchrun``
+    (one process per GPU, DistributedDataParallel: ``engine.distributed``). torchrun keeps the
+    waiter's pid across ``exec`` and forwards SIGTERM to its workers, so liveness and cancel
+    work unchanged."""
+    if not isinstance(nproc, int) or nproc <= 1:
+        return engine_command(run_dir)
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+            str(nproc), "-m", "engine", "train", str(Path(run_dir).absolute())]
 
 
 def queued_command(run_dir: Path, engine_argv: list[str], gpus: Optional[str] = None, *,
@@ -88,6 +102,7 @@ def spawn(run_dir: Path, argv: list[str], *, cuda_devices: Optional[str] = None,
             "host": socket.gethostname(), "argv": argv, "launched": time.time(),
             "cuda_visible_devices": cuda_devices}
     atomic_write_json(run_dir / pid_name, info)
+    slurm.forget(run_dir, pid_name)  # launched here now: a former Slurm job no longer speaks for it
     # Nobody waits for this child: the Popen object is dropped without reaping it. A manager
     # that lives on (the TUI) reaps it via subprocess's own bookkeeping on later Popen calls;
     # liveness treats the zombie meanwhile as dead, which it is.
@@ -113,12 +128,19 @@ def read_pid(run_dir: Path, pid_name: str = PID_FILE) -> Optional[dict]:
 
 
 def is_running(run_dir: Path, pid_name: str = PID_FILE) -> bool:
+    record = slurm.read_record(run_dir, pid_name)
+    if record is not None:
+        return slurm.is_active(record)
     info = read_pid(run_dir, pid_name)
     return bool(info) and liveness.is_alive(info["pid"], info.get("start_time"))
 
 
 def terminate(run_dir: Path, grace_s: float = GRACE_S, pid_name: str = PID_FILE) -> bool:
-    """SIGTERM the run's process group, then SIGKILL after ``grace_s``. True if it was alive."""
+    """SIGTERM the run's process group, then SIGKILL after ``grace_s`` (a Slurm job:
+    ``scancel``, then wait up to ``grace_s`` for it to end). True if it was alive."""
+    record = slurm.read_record(run_dir, pid_name)
+    if record is not None:
+        return slurm.cancel(record, grace_s)
     info = read_pid(run_dir, pid_name)
     if not info or not liveness.is_alive(info["pid"], info.get("start_time")):
         return False

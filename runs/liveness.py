@@ -4,6 +4,9 @@ Pids are recycled: after a reboot or a long time, a dead engine's pid may belong
 process. The kernel's start time of the process (``/proc/<pid>/stat`` field 22, in clock ticks
 since boot) recorded at launch in ``engine.pid`` tells the two apart. A zombie (exited, not yet
 reaped by its parent) counts as dead: it will never write another event.
+
+Runs and evaluations submitted to Slurm (a ``slurm.json`` record, see ``runs.slurm``) have no
+pid here: Slurm says whether they live, asked once for all of them (``reconcile_slurm``).
 """
 from __future__ import annotations
 
@@ -12,7 +15,9 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
+
+from runs import slurm
 
 if TYPE_CHECKING:
     from runs.catalog import Catalog
@@ -110,7 +115,12 @@ def reconcile(catalog: "Catalog") -> list[StatusChange]:
     check).
     """
     changes = []
+    on_slurm = []
     for run in catalog.list_runs(status=("running", "queued")):
+        record = slurm.read_record(Path(run["run_dir"]))
+        if record is not None:
+            on_slurm.append((run, record))
+            continue
         if not engine_gone(run):
             continue
         catalog.ingest(run["id"])
@@ -125,8 +135,73 @@ def reconcile(catalog: "Catalog") -> list[StatusChange]:
             changes.append(StatusChange(run["id"], now, "lost", reason))
         elif now != run["status"]:
             changes.append(StatusChange(run["id"], run["status"], now, "final events ingested"))
+    changes += reconcile_slurm(catalog, on_slurm)
     changes += reconcile_evals(catalog)
     return changes
+
+
+def reconcile_slurm(catalog: "Catalog", runs: list[tuple[dict, dict]]) -> list[StatusChange]:
+    """Queued/running runs (``(row, slurm record)`` pairs) and open evaluations that are Slurm
+    jobs, checked with one ``squeue`` call (and one ``sacct`` call for jobs it forgot).
+
+    PENDING → queued, RUNNING → running (squeue knows before the engine's first event, and a
+    requeued job goes back to queued). A job that ended without a final event is ``lost``, or
+    ``cancelled`` when Slurm says CANCELLED (a scancel from outside advlt). Nothing changes
+    when Slurm cannot be asked.
+    """
+    evals = []
+    for ev in catalog.open_evaluations():
+        record = slurm.read_record(Path(ev["run_dir"]) / "evals", f"{ev['id']}.pid")
+        if record is not None:
+            evals.append((ev, record))
+    if not runs and not evals:
+        return []
+    states = slurm.job_states([r["job_id"] for _, r in [*runs, *evals]])
+    if states is None:
+        return []
+    changes = [_slurm_run_change(catalog, run, record, states.get(str(record["job_id"])))
+               for run, record in runs]
+    for ev, record in evals:
+        state = states.get(str(record["job_id"]))
+        if slurm.phase(state) != "ended":
+            continue
+        catalog.ingest(ev["run_id"])
+        status = catalog.evaluation_status(ev["id"])
+        if status in ("queued", "running"):
+            new = "cancelled" if state.startswith("CANCELLED") else "lost"
+            reason = (f"Slurm job {record['job_id']} ended {state} without a result; see "
+                      f"{record.get('log')}")
+            catalog.set_eval_status(ev["id"], new, reason)
+            changes.append(StatusChange(ev["id"], status, new, reason))
+    return [c for c in changes if c is not None]
+
+
+def _slurm_run_change(catalog: "Catalog", run: dict, record: dict,
+                      state: Optional[str]) -> Optional[StatusChange]:
+    job = f"Slurm job {record['job_id']}"
+    phase = slurm.phase(state)
+    if phase is None:
+        return None
+    if phase != "ended":
+        message = f"{job} {state.lower()}"
+        if run["status"] == phase and (phase == "running" or run.get("message") == message):
+            return None
+        if catalog.set_status_if_unchanged(run["id"], phase, run["last_seq"], message):
+            return StatusChange(run["id"], run["status"], phase, f"{job} is {state}")
+        return None
+    catalog.ingest(run["id"])
+    fresh = catalog.get_run(run["id"])
+    current = slurm.read_record(Path(run["run_dir"]))
+    if current is None or current["job_id"] != record["job_id"]:
+        return None  # resubmitted (resume) between our two reads
+    if fresh["status"] not in ("running", "queued"):
+        return (StatusChange(run["id"], run["status"], fresh["status"], "final events ingested")
+                if fresh["status"] != run["status"] else None)
+    new = "cancelled" if state.startswith("CANCELLED") else "lost"
+    reason = (f"{job} ended {state} without a finished/failed event; see "
+              f"{record.get('log') or Path(run['run_dir']) / 'engine.log'}")
+    catalog.set_status(run["id"], new, reason)
+    return StatusChange(run["id"], fresh["status"], new, reason)
 
 
 def reconcile_evals(catalog: "Catalog") -> list[StatusChange]:

@@ -10,6 +10,16 @@ import torch
 from engine.datasets import DataBundle, load_dataset, subset_fingerprint
 from engine.fake_cifar import write_fake_cifar
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tiny tensors on 2 shared cores: intra-op threads only add contention (AutoAttack's
+    thousands of tiny calls suffer most). tests/conftest.py also sets OMP_NUM_THREADS=1."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 class FakeCifar(NamedTuple):
     root: Path  # the data root holding the extracted folder
     per_class_train: int

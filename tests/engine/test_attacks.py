@@ -16,6 +16,7 @@ from engine.attacks import (
     random_start,
     trades_kl_attack,
 )
+from toy import fit_linear
 
 EPS, STEP = 0.031, 0.0078
 C, N = 4, 256
@@ -34,16 +35,7 @@ def _blobs() -> tuple[torch.Tensor, torch.Tensor]:
 def trained():
     """An undefended linear classifier trained in the test to (near) perfect clean accuracy."""
     x, y = _blobs()
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, C))
-    opt = torch.optim.Adam(model.parameters(), lr=0.05)
-    for _ in range(100):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-    model.eval()
-    for p in model.parameters():
-        p.grad = None
+    model = fit_linear(x, y, C)
     return model, x, y
 
 

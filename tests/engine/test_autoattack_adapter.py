@@ -6,23 +6,14 @@ import sys
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from engine import autoattack_adapter as aa_mod
 from engine.attacks import pgd
 from engine.autoattack_adapter import AA_LISTS, AutoAttackUnavailable, aa_version_string, run_autoattack
+from toy import fit_linear
 
 C = 4
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # AutoAttack makes thousands of tiny calls; thread hand-offs dominate them on a busy box.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -31,16 +22,7 @@ def trained():
     means = 0.5 + 0.015 * (torch.randint(0, 2, (C, 1, 8, 8), generator=g).float() * 2 - 1)
     y = torch.arange(256) % C
     x = (means[y] + 0.02 * torch.randn(256, 1, 8, 8, generator=g)).clamp(0, 1)
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, C))
-    opt = torch.optim.Adam(model.parameters(), lr=0.05)
-    for _ in range(100):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-    model.eval()
-    for p in model.parameters():
-        p.grad = None
+    model = fit_linear(x, y, C)
     return model, x[:8], y[:8]
 
 

@@ -207,16 +207,7 @@ class _Interrupting(torch.nn.Module):
         return self.model(x)
 
 
-@pytest.fixture
-def one_thread():
-    # AutoAttack makes thousands of tiny calls; thread hand-offs dominate them on a busy box.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def test_interrupted_autoattack_resumes_from_state(tmp_path, fc_state, digits_bundle, one_thread):
+def test_interrupted_autoattack_resumes_from_state(tmp_path, fc_state, digits_bundle):
     net = build_network(_config().model, 10, 1, 8, digits_bundle.counts)
     net.load_state_dict(fc_state)
     net.eval().requires_grad_(False)

@@ -21,15 +21,6 @@ C = len(COUNTS)
 EPS = 0.031
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: intra-op threads only add contention (the suite shares 2 cores)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 def _net(backbone: str = "small_cnn", head: str = "fc", seed: int = 0) -> nn.Module:
     opt = {"width": 4} if backbone == "small_cnn" else {"hidden": 16}
     torch.manual_seed(seed)

@@ -39,15 +39,6 @@ def _cfg(**kw) -> TrainConfig:
     return TrainConfig(**kw)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: intra-op threads only add contention (the suite shares 2 cores)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 def _net(backbone: str = "small_cnn") -> nn.Module:
     opt = {"width": 4} if backbone == "small_cnn" else {"hidden": 8}
     torch.manual_seed(0)

@@ -12,7 +12,6 @@ import tomllib
 import pytest
 
 from presets import components, loader
-from presets.schema import DATASETS
 
 # §6: the baseline files (cifar10_LT0.02_pgdat.yaml / cifar100_LT0.1_pgdat.yaml).
 CIFAR_BASE = {

@@ -13,6 +13,7 @@ import typer
 
 from advlt_tui.cli import app, err, fail, out, print_json, user_preset_dir
 from presets import loader
+from presets.schedule import describe_schedule, effective_lrs
 from presets.schema import DATASETS
 from presets.validate import ConfigError
 
@@ -84,6 +85,11 @@ def presets_show(
     for ds, cfg in resolved.items():
         out.rule(ds)
         out.print_json(json.dumps(cfg))
+        t = cfg["train"]
+        lrs = effective_lrs(t["epochs"], t["lr"], t["lr_schedule"], t["milestones"],
+                            t["warmup_epochs"])
+        out.print(f"[bold]lr ({t['lr_schedule']}) by epoch:[/] {describe_schedule(lrs)}",
+                  highlight=False)
 
 
 @presets_app.command("check")

@@ -20,97 +20,15 @@ Two ways of "freezing" parameters given lr 0 by ``lr_dict`` (§4.5, §9.1.3):
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
+# The schedule arithmetic lives in presets.schedule (no tensors) so the manager can preview the
+# effective lr per epoch without importing torch; the optimiser uses the same function.
+from presets.schedule import scheduled_lr
 from presets.schema import LR_SCHEDULES, TrainConfig
-
-# ---------------------------------------------------------------------------------------------
-# Pure schedule arithmetic (no tensors: the same numbers drive the optimiser and the UI preview).
-
-
-def decay_factor(epoch: int, milestones: Sequence[int], warmup_epochs: int = 0) -> float:
-    """The reference's per-epoch factor ``d(e)``.
-
-    ``(e+1)/W`` while ``e < W`` (the reference uses the 1-based epoch as given, so warm-up starts
-    at ``2/W``), otherwise ``0.1^(number of milestones ≤ e)``.
-    """
-    if warmup_epochs and epoch < warmup_epochs:
-        return (epoch + 1) / warmup_epochs
-    return 0.1 ** sum(1 for m in milestones if m <= epoch)
-
-
-def lr_factor(
-    epoch: int,
-    schedule: str,
-    milestones: Sequence[int],
-    warmup_epochs: int = 0,
-    start_epoch: int = 1,
-) -> float:
-    """The lr of ``epoch`` divided by the base lr.
-
-    ``"step"``: ``d(epoch)``. ``"reference_compounding"``: ``d(start)·d(start+1)·…·d(epoch)``,
-    multiplied in epoch order exactly as repeated ``lr ← lr·d`` would be, where ``start_epoch`` is
-    the first epoch of the (uninterrupted) run.
-    """
-    if schedule == "step":
-        return decay_factor(epoch, milestones, warmup_epochs)
-    if schedule == "reference_compounding":
-        _check_epoch(epoch, start_epoch)
-        return compounded_lr(1.0, epoch, milestones, warmup_epochs, start_epoch)
-    raise ValueError(f"unknown lr schedule {schedule!r}; allowed: {', '.join(LR_SCHEDULES)}")
-
-
-def _check_epoch(epoch: int, start_epoch: int) -> None:
-    if epoch < start_epoch:
-        raise ValueError(f"epoch {epoch} precedes the schedule's first epoch {start_epoch}")
-
-
-def compounded_lr(
-    base_lr: float, epoch: int, milestones: Sequence[int], warmup_epochs: int, start_epoch: int
-) -> float:
-    """``base_lr`` after the reference's in-place ``lr ← lr·d(k)`` for ``k = start … epoch``.
-
-    The multiplications happen on the lr itself, in order, so the floats equal the reference's.
-    """
-    lr = base_lr
-    for k in range(start_epoch, epoch + 1):
-        lr = lr * decay_factor(k, milestones, warmup_epochs)
-    return lr
-
-
-def scheduled_lr(
-    base_lr: float,
-    epoch: int,
-    schedule: str,
-    milestones: Sequence[int],
-    warmup_epochs: int = 0,
-    start_epoch: int = 1,
-) -> float:
-    """The lr a group with base lr ``base_lr`` has during ``epoch``."""
-    if schedule == "reference_compounding":
-        _check_epoch(epoch, start_epoch)
-        # Multiply the lr itself (not base·factor) so the floats match the reference's.
-        return compounded_lr(base_lr, epoch, milestones, warmup_epochs, start_epoch)
-    return base_lr * lr_factor(epoch, schedule, milestones, warmup_epochs, start_epoch)
-
-
-def effective_lrs(
-    epochs: int | Iterable[int],
-    base_lr: float,
-    schedule: str,
-    milestones: Sequence[int],
-    warmup_epochs: int = 0,
-    start_epoch: int = 1,
-) -> list[float]:
-    """Preview: the lr of each epoch (``epochs`` = last epoch, or an iterable of epochs).
-
-    With an int, the epochs are ``start_epoch … epochs`` (absolute numbering).
-    """
-    seq = range(start_epoch, epochs + 1) if isinstance(epochs, int) else epochs
-    return [scheduled_lr(base_lr, e, schedule, milestones, warmup_epochs, start_epoch) for e in seq]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from textual.widgets.option_list import Option
 
 from advlt_tui.widgets.format import preset_key_values
 from presets import loader
+from presets.schedule import describe_schedule, effective_lrs
 from presets.schema import DATASETS
 from presets.validate import ConfigError, Problem
 from runs import ops
@@ -28,6 +29,14 @@ from runs.catalog import CatalogError
 DEFAULT_PRESET = "pgd-at"
 DEFAULT_DATASET = "digits-lt"
 VALIDATE_DELAY_S = 0.25
+
+
+def schedule_summary(cfg) -> str:
+    """The effective lr per epoch of this run (METHODS.md §4.4: the reference's compounding
+    schedule freezes training soon after the first milestone — worth seeing before launching)."""
+    t = cfg.train
+    lrs = effective_lrs(t.epochs, t.lr, t.lr_schedule, t.milestones, t.warmup_epochs)
+    return f"lr ({t.lr_schedule}) by epoch: {describe_schedule(lrs)}"
 
 
 def override_lines(text: str) -> list[str]:
@@ -179,25 +188,28 @@ class NewRunScreen(Screen[Optional[dict]]):
         """Resolve the form like the CLI would; show problems inline. True when valid."""
         form = self.form()
         problems: list[str] = []
+        summary = ""
         if form["preset"] is None:
             problems.append("✘ choose a preset")
         else:
             try:
                 parent = ops.parent_of(self.app.catalog, form["parent"]) if form["parent"] else None
-                ops.resolve_run_config(form["preset"], form["dataset"], sets=form["sets"],
-                                       parent=parent)
+                cfg = ops.resolve_run_config(form["preset"], form["dataset"], sets=form["sets"],
+                                             parent=parent)
+                summary = schedule_summary(cfg)
             except ConfigError as exc:
                 problems += describe_problems(exc.problems, form["sets"])
             except CatalogError as exc:
                 problems.append(f"✘ parent: {exc}")
-        self._show_problems(problems)
+        self._show_problems(problems, summary)
         return not problems
 
-    def _show_problems(self, problems: list[str]) -> None:
+    def _show_problems(self, problems: list[str], summary: str = "") -> None:
         box = self.query_one("#problems", Static)
         box.set_class(bool(problems), "-invalid")
         self.query_one("#overrides", TextArea).set_class(bool(problems), "-invalid")
-        box.update(Text("\n".join(problems)) if problems else Text("✔ valid configuration"))
+        ok = "✔ valid configuration" + (f"\n{summary}" if summary else "")
+        box.update(Text("\n".join(problems)) if problems else Text(ok))
 
     def on_option_list_option_highlighted(self, _event: OptionList.OptionHighlighted) -> None:
         self._show_preset()

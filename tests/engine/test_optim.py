@@ -10,15 +10,8 @@ from torch import nn
 from engine.modes import Losses, create_mode
 from engine.losses import create_loss
 from engine.network import build_network
-from engine.optim import (
-    LRScheduler,
-    build_optimizer,
-    decay_factor,
-    effective_lrs,
-    frozen_modules,
-    lr_factor,
-    set_train_mode,
-)
+from engine.optim import LRScheduler, build_optimizer, frozen_modules, set_train_mode
+from presets.schedule import decay_factor, describe_schedule, effective_lrs, lr_factor
 from presets.schema import AttackConfig, ModelConfig, TrainConfig
 
 # METHODS.md §4.4 table: epoch → lr under the reference's compounding schedule.
@@ -223,3 +216,12 @@ def test_set_train_mode_only_freezes_fully_frozen_bn():
     assert [not m.training for _, m in bns] == [n.endswith("features.1") for n, _ in bns]
     assert model.training
     assert frozen_modules(model, dataclasses.replace(cfg, freeze="lr0")) == []
+
+
+def test_schedule_description_shows_the_compounding_freeze():
+    lrs = effective_lrs(80, 0.1, "reference_compounding", (60, 75))
+    assert describe_schedule(lrs) == ("1–59: 0.1, 60: 0.01, 61: 0.001, 62: 0.0001, 63: 1e-05, "
+                                      "64: 1e-06, 65–80: <1e-06 (frozen)")
+    assert describe_schedule(effective_lrs(80, 0.1, "step", (60, 75))) == (
+        "1–59: 0.1, 60–74: 0.01, 75–80: 0.001")
+

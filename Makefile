@@ -13,6 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	$(VENV)/bin/advlt run pgd-at --dataset digits-lt
+	@echo "next: $(VENV)/bin/advlt runs    $(VENV)/bin/advlt eval RUN --attacks all    $(VENV)/bin/advlt (the TUI)"
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -238,7 +238,7 @@ def runs_cmd(
     else:
         from advlt_tui.render import runs_table
 
-        out.print(runs_table(rows))
+        out.print(runs_table(rows, width=out.width))
 
 
 @app.command("show")

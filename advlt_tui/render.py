@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 from typing import Optional
 
+from rich import box
 from rich.table import Table
 
 
@@ -25,18 +26,32 @@ STATUS_STYLE = {"finished": "green", "running": "cyan", "queued": "yellow", "fai
                 "cancelled": "magenta", "lost": "bold red"}
 
 
-def runs_table(rows: list[dict]) -> Table:
-    table = Table(title="runs", header_style="bold")
-    for col in ("id", "status", "preset", "dataset", "epoch", "clean %", "robust %", "best rob %",
-                "age", "tags"):
-        table.add_column(col, justify="right" if "%" in col or col == "epoch" else "left")
+def runs_table(rows: list[dict], width: int = 120) -> Table:
+    """The run listing for a terminal ``width`` columns wide. Ids never wrap or shrink (people
+    copy them from here); on a narrow terminal the age column is left out, and tags are shown
+    only when some run has them."""
+    table = Table(title="runs", header_style="bold underline", box=None, pad_edge=False)
+    columns = [("id", 18), ("status", 9), ("preset", 7), ("dataset", 9), ("epoch", 5),
+               ("clean", 5), ("robust", 6), ("best", 5)]
+    if width >= 90:
+        columns.append(("age", 3))
+    with_tags = any(r.get("tags") for r in rows)
+    if with_tags:
+        columns.append(("tags", 4))
+    for col, least in columns:
+        table.add_column(col, justify="right" if col in ("epoch", "clean", "robust", "best") else "left",
+                         no_wrap=col != "tags", min_width=least)
     for r in rows:
         status = r.get("status") or "?"
-        table.add_row(r["id"], f"[{STATUS_STYLE.get(status, '')}]{status}[/]", r.get("preset") or "",
-                      r.get("dataset") or "", f"{r.get('epoch') or 0}/{r.get('epochs') or '?'}",
-                      pct(r.get("clean_acc")), pct(r.get("robust_acc")),
-                      pct(r.get("best_robust_acc")), age(r.get("created")),
-                      ",".join(r.get("tags") or []))
+        cells = [r["id"], f"[{STATUS_STYLE.get(status, '')}]{status}[/]", r.get("preset") or "",
+                 r.get("dataset") or "", f"{r.get('epoch') or 0}/{r.get('epochs') or '?'}",
+                 pct(r.get("clean_acc")), pct(r.get("robust_acc")), pct(r.get("best_robust_acc"))]
+        if width >= 90:
+            cells.append(age(r.get("created")))
+        if with_tags:
+            cells.append(",".join(r.get("tags") or []))
+        table.add_row(*cells)
+    table.caption = "accuracy in %: clean, robust (training-time PGD check), best robust"
     return table
 
 

@@ -273,7 +273,7 @@ def show_cmd(run: RunArg, as_json: JsonOpt = False) -> None:
     if row.get("bad_lines"):
         warn(f"{row['bad_lines']} unreadable line(s) in events.jsonl were skipped")
     if evaluations:
-        out.print(evaluations_table(evaluations))
+        out.print(evaluations_table(evaluations, width=out.width))
         for ev in evaluations:
             if ev.get("results"):
                 out.print(eval_result_table(ev))

@@ -1,6 +1,7 @@
 """Rich renderings shared by the CLI (tables of runs, per-class accuracy head → tail)."""
 from __future__ import annotations
 
+import re
 import time
 from typing import Optional
 
@@ -89,22 +90,43 @@ def _pgd_result(results: dict) -> Optional[dict]:
     return results[keys[-1]] if keys else None
 
 
-def evaluations_table(evaluations: list[dict], title: str = "evaluations") -> Table:
-    """One line per evaluation: its status and headline accuracies (PGD = the longest PGD)."""
-    table = Table(title=title, header_style="bold")
-    for col in ("eval", "status", "checkpoint", "variant", "clean %", "FGSM %", "PGD %", "MIM %",
-                "CW %", "AA %", "worst %", "protocol"):
-        table.add_column(col, justify="right" if "%" in col else "left")
+def _checkpoint_label(path: Optional[str]) -> str:
+    match = re.search(r"epoch(\d+)\.pt$", path or "")
+    return f"ep{match.group(1)}" if match else (path or "")
+
+
+STATUS_MARK = {"finished": "✔", "running": "▶", "queued": "·", "failed": "✘", "cancelled": "⊘",
+               "lost": "?"}
+
+
+def evaluations_table(evaluations: list[dict], title: str = "evaluations",
+                      width: int = 120) -> Table:
+    """One line per evaluation: its status and headline accuracies in % (PGD = the longest
+    PGD). Ids never wrap; below 110 columns the status is a mark and the protocol hash goes."""
+    wide = width >= 110
+    table = Table(title=title, header_style="bold underline", box=None, pad_edge=False,
+                  caption="ckpt = checkpoint epoch; head = inference head"
+                          + ("; proto = protocol hash" if wide else "; ✔ finished ✘ failed"))
+    cols = ["eval", "status" if wide else "", "ckpt", "head", "clean", "FGSM", "PGD", "MIM",
+            "CW", "AA", "worst"] + (["proto"] if wide else [])
+    numeric = ("clean", "FGSM", "PGD", "MIM", "CW", "AA", "worst")
+    for col in cols:
+        table.add_column(col, justify="right" if col in numeric else "left",
+                         no_wrap=col != "head", overflow="fold" if col == "head" else "ellipsis",
+                         min_width=19 if col == "eval" else None)
     for ev in evaluations:
         res = ev.get("results") or {}
         acc = {k: (r or {}).get("accuracy") for k, r in res.items()}
         status = ev.get("status") or "?"
-        table.add_row(ev["id"], f"[{STATUS_STYLE.get(status, '')}]{status}[/]",
-                      ev.get("checkpoint") or "", ev.get("variant") or "",
-                      pct(acc.get("clean")), pct(acc.get("fgsm")),
-                      pct((_pgd_result(res) or {}).get("accuracy")), pct(acc.get("mim")),
-                      pct(acc.get("cw")), pct(acc.get("aa")), pct(acc.get("worst")),
-                      (ev.get("protocol_hash") or "")[:8])
+        shown = status if wide else STATUS_MARK.get(status, "?")
+        row = [ev["id"], f"[{STATUS_STYLE.get(status, '')}]{shown}[/]",
+               _checkpoint_label(ev.get("checkpoint")), ev.get("variant") or "",
+               pct(acc.get("clean")), pct(acc.get("fgsm")),
+               pct((_pgd_result(res) or {}).get("accuracy")), pct(acc.get("mim")),
+               pct(acc.get("cw")), pct(acc.get("aa")), pct(acc.get("worst"))]
+        if wide:
+            row.append((ev.get("protocol_hash") or "")[:8])
+        table.add_row(*row)
     return table
 
 

@@ -37,12 +37,7 @@ def lr_factor(
     multiplied in epoch order exactly as repeated ``lr ← lr·d`` would be, where ``start_epoch`` is
     the first epoch of the (uninterrupted) run.
     """
-    if schedule == "step":
-        return decay_factor(epoch, milestones, warmup_epochs)
-    if schedule == "reference_compounding":
-        _check_epoch(epoch, start_epoch)
-        return compounded_lr(1.0, epoch, milestones, warmup_epochs, start_epoch)
-    raise ValueError(f"unknown lr schedule {schedule!r}; allowed: {', '.join(LR_SCHEDULES)}")
+    return scheduled_lr(1.0, epoch, schedule, milestones, warmup_epochs, start_epoch)
 
 
 def _check_epoch(epoch: int, start_epoch: int) -> None:
@@ -72,11 +67,13 @@ def scheduled_lr(
     start_epoch: int = 1,
 ) -> float:
     """The lr a group with base lr ``base_lr`` has during ``epoch``."""
+    if schedule == "step":
+        return base_lr * decay_factor(epoch, milestones, warmup_epochs)
     if schedule == "reference_compounding":
         _check_epoch(epoch, start_epoch)
         # Multiply the lr itself (not base·factor) so the floats match the reference's.
         return compounded_lr(base_lr, epoch, milestones, warmup_epochs, start_epoch)
-    return base_lr * lr_factor(epoch, schedule, milestones, warmup_epochs, start_epoch)
+    raise ValueError(f"unknown lr schedule {schedule!r}; allowed: {', '.join(LR_SCHEDULES)}")
 
 
 def effective_lrs(
